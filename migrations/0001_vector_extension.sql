@@ -1,0 +1,2 @@
+-- pgvector powers the demonstration index (retrieval-augmented prompts).
+CREATE EXTENSION IF NOT EXISTS vector;
