@@ -1,0 +1,133 @@
+"""The lexicon-only baseline: dictionary NER plus cue-word rules for status and relations.
+
+It is the floor every model must beat and a fast fallback backend. Supplements come from
+the lexicon (with hard-negative context filters), events from a gazetteer of event phrases
+(built from the training corpus), relations and usage from nearby cue words.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+
+from extraction.api import EngineInfo
+from extraction.corpus import Entity, Record, Relation, Usage
+from extraction.lexicon import Lexicon
+from extraction.pipeline import SentenceResult
+
+RULES_VERSION = "rules-1"
+
+_NOT_PRODUCT_AFTER = re.compile(
+    r"^\s*(deficien\w*|insufficien\w*|level|levels|toxicity|intake|lab|labs|panel|status|"
+    r"-?\s*rich|stores|overload|def\b)",
+    re.IGNORECASE,
+)
+_NOT_PRODUCT_BEFORE = re.compile(
+    r"(\bIV|intravenous|infusion|\b25-?OH|\bcheck|\bdietary|\bserum|\blow|\bhigh)\s*$",
+    re.IGNORECASE,
+)
+_UNCERTAIN = re.compile(
+    r"\b(allerg\w*|intoleran\w*|mother|father|mom|dad|sister|brother|wife|husband|son|daughter|"
+    r"family|asked\s+about|interested|wonder\w*|avoid|unsure|ingest\w*|overdose|accidental)\b",
+    re.IGNORECASE,
+)
+_DISCONTINUE = re.compile(
+    r"\b(stop\w*|d/?c'?d?|discontinu\w*|hold|held|holding|quit|ran\s+out|off\s+of|denies|"
+    r"not\s+taking|no\s+longer|never\s+taken|refus\w*|tapered|switched\s+from|cease\w*)\b",
+    re.IGNORECASE,
+)
+_START = re.compile(
+    r"\b(start\w*|began|begin|initiat\w*|recommend\w*|consider\w*|trial|try|new|resum\w*|"
+    r"restart\w*|suggest\w*|advis\w*|add\w*|prescrib\w*)\b",
+    re.IGNORECASE,
+)
+_INDICATION = re.compile(
+    r"\b(for|to\s+help|helps?|treat\w*|prevent\w*|prophylaxis|manage|control|with\s+benefit)\b",
+    re.IGNORECASE,
+)
+_ADVERSE = re.compile(
+    r"\b(after|since\s+start\w*|due\s+to|caus\w*|from|because|induced|associated|attributed|"
+    r"likely|secondary|side\s+effect|reaction|->|led\s+to|resulting)\b",
+    re.IGNORECASE,
+)
+
+
+def _gazetteer(terms: Iterable[str]) -> re.Pattern[str]:
+    unique = sorted({t.strip().lower() for t in terms if len(t.strip()) > 2}, key=len, reverse=True)
+    body = "|".join(re.escape(t) for t in unique) or r"(?!x)x"
+    return re.compile(rf"(?<![\w-])(?:{body})(?![\w])", re.IGNORECASE)
+
+
+class RulesBackend:
+    """Sentence backend using only the lexicon, an event gazetteer and cue words."""
+
+    def __init__(self, lexicon: Lexicon, event_terms: Iterable[str]) -> None:
+        self.lexicon = lexicon
+        self._events = _gazetteer(event_terms)
+
+    @property
+    def info(self) -> EngineInfo:
+        return EngineInfo("lexicon", RULES_VERSION, RULES_VERSION, "none", "none")
+
+    def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        return [SentenceResult(self._one(i, s)) for i, s in enumerate(sentences)]
+
+    def _supplements(self, text: str) -> list[Entity]:
+        out = []
+        for start, end, name in self.lexicon.find_mentions(text):
+            if _NOT_PRODUCT_AFTER.match(text[end:]) or _NOT_PRODUCT_BEFORE.search(text[:start]):
+                continue
+            out.append(Entity("", "supplement", start, end, text[start:end], name))
+        return out
+
+    def _one(self, idx: int, text: str) -> Record:
+        supps = self._supplements(text)
+        if not supps:
+            return Record(f"s{idx}", text)
+        taken = [(e.start, e.end) for e in supps]
+        events = [
+            Entity("", "event", m.start(), m.end(), m.group(0))
+            for m in self._events.finditer(text)
+            if all(m.end() <= a or m.start() >= b for a, b in taken)
+        ]
+        ents = sorted(supps + events, key=lambda e: e.start)
+        ents = [
+            Entity(f"T{i}", e.type, e.start, e.end, e.text, e.normalized)
+            for i, e in enumerate(ents, start=1)
+        ]
+        usage = [Usage(e.id, _usage(text, e)) for e in ents if e.type == "supplement"]
+        rels = [
+            Relation(s.id, ev.id, label)
+            for s in ents
+            if s.type == "supplement"
+            for ev in ents
+            if ev.type == "event"
+            for label in [_relation(text, s, ev)]
+            if label != "not_related"
+        ]
+        return Record(f"s{idx}", text, tuple(ents), tuple(rels), tuple(usage))
+
+
+def _usage(text: str, ent: Entity) -> str:
+    window = text[max(0, ent.start - 60) : ent.end + 40]
+    if _UNCERTAIN.search(window):
+        return "uncertain"
+    if _DISCONTINUE.search(window):
+        return "discontinue"
+    if _START.search(window):
+        return "start"
+    return "continue"
+
+
+def _relation(text: str, supp: Entity, event: Entity) -> str:
+    lo, hi = (
+        sorted((supp.end, event.start)) if supp.start < event.start else (event.end, supp.start)
+    )
+    between = text[lo:hi]
+    if len(between) > 80:
+        return "not_related"
+    if supp.start < event.start and _INDICATION.search(between) and not _ADVERSE.search(between):
+        return "indication"
+    if _ADVERSE.search(between) or (event.start < supp.start and "from" in between):
+        return "adverse_event"
+    return "not_related"
