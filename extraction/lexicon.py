@@ -124,3 +124,7 @@ class Lexicon:
             for m in self._pattern.finditer(text)
             if _key(m.group(0)) in self._by_surface
         ]
+
+    def candidates(self, text: str) -> str:
+        """The lexicon hits of ``text`` as written, comma-separated (a prompt hint)."""
+        return ", ".join(dict.fromkeys(text[s:e] for s, e, _ in self.find_mentions(text)))

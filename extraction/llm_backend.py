@@ -1,0 +1,190 @@
+"""The RAMIE backend: one instruction-tuned LLM (+ LoRA), retrieval-augmented prompts.
+
+Per batch of sentences: NER (generated JSON, grounded in the text) -> UC for each
+supplement and RE for each supplement x event pair (scored in one forward pass over the
+label tokens: no decoding, never unparseable) -> TE triples from NER + RE, or from the TE
+task itself (``te_mode``). Retrieval is keyed on the input alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from extraction.api import EngineInfo
+from extraction.corpus import Entity, Record, Relation, Usage
+from extraction.lexicon import Lexicon
+from extraction.llm import Generator
+from extraction.parsing import find_span, parse_list
+from extraction.pipeline import SentenceResult
+from extraction.tasks import ANSWER_PREFIX, LABELS, Demo, mark, render_prompt
+
+
+class Retriever(Protocol):
+    def nearest(self, task: str, queries: Sequence[str], k: int) -> Sequence[Sequence[Demo]]: ...
+
+
+class NoRetrieval:
+    """k = 0 everywhere: the fine-tuned model without demonstrations."""
+
+    def nearest(self, task: str, queries: Sequence[str], k: int) -> Sequence[Sequence[Demo]]:
+        return [[] for _ in queries]
+
+
+@dataclass(frozen=True)
+class LlmOptions:
+    k: int = 3
+    te_mode: str = "pipeline"  # "pipeline" (NER + RE) or "task" (the TE prompt)
+    lexicon_gate: bool = True  # skip sentences with no lexicon candidate (cannot hold one)
+    hints: bool = True
+
+
+class LlmBackend:
+    """A SentenceBackend over a loaded model, a retriever and the lexicon."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        retriever: Retriever,
+        lexicon: Lexicon,
+        info: EngineInfo,
+        options: LlmOptions | None = None,
+    ) -> None:
+        self.gen = generator
+        self.retriever = retriever
+        self.lexicon = lexicon
+        self._info = info
+        self.opts = options or LlmOptions()
+        tok = generator.loaded.tokenizer
+        self._option_ids = {
+            task: [tok.encode(lab, add_special_tokens=False)[0] for lab in labels]
+            for task, labels in LABELS.items()
+        }
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    def _prompts(self, task: str, inputs: Sequence[str]) -> list[str]:
+        demos = self.retriever.nearest(task, inputs, self.opts.k)
+        hint = self.lexicon.candidates if self.opts.hints else None
+        return [render_prompt(task, text, d, hint) for text, d in zip(inputs, demos, strict=True)]
+
+    def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        results = [SentenceResult(Record(f"s{i}", s)) for i, s in enumerate(sentences)]
+        todo = [
+            i for i, s in enumerate(sentences)
+            if not self.opts.lexicon_gate or self.lexicon.find_mentions(s)
+        ]  # fmt: skip
+        outputs = self.gen.generate(self._prompts("ner", [sentences[i] for i in todo]))
+        ents: dict[int, list[Entity]] = {}
+        for i, out in zip(todo, outputs, strict=True):
+            ents[i] = self._ground_ner(sentences[i], out, results[i])
+        usage = self._classify_usage(sentences, ents)
+        rels = self._classify_relations(sentences, ents)
+        if self.opts.te_mode == "task":
+            rels = self._te_task(sentences, ents, results)
+        for i, found in ents.items():
+            results[i].record = Record(
+                f"s{i}", sentences[i], tuple(found), tuple(rels.get(i, ())), tuple(usage.get(i, ()))
+            )
+        return results
+
+    def _ground_ner(self, text: str, output: str, res: SentenceResult) -> list[Entity]:
+        parsed = parse_list(output, (2, 3))
+        if not parsed.valid:
+            res.unparseable["ner"] += 1
+        res.dropped_spans += parsed.invalid_items
+        taken: list[tuple[int, int]] = []
+        found: list[Entity] = []
+        cursor = 0
+        for item in parsed.items:
+            kind, mention = item[0].lower(), item[1]
+            span = find_span(text, mention, taken, cursor)
+            if kind not in ("s", "e") or span is None:
+                res.dropped_spans += 1
+                continue
+            taken.append(span)
+            cursor = span[1]
+            surface = text[span[0] : span[1]]
+            if kind == "s":
+                norm = self.lexicon.normalize(surface) or (item[2] if len(item) > 2 else "")
+                found.append(
+                    Entity("", "supplement", *span, surface, norm.lower() or surface.lower())
+                )
+            else:
+                found.append(Entity("", "event", *span, surface))
+        if not any(e.type == "supplement" for e in found):
+            return []  # events exist only beside a supplement (guidelines §4)
+        found.sort(key=lambda e: e.start)
+        return [
+            Entity(f"T{n}", e.type, e.start, e.end, e.text, e.normalized)
+            for n, e in enumerate(found, 1)
+        ]
+
+    def _choose(self, task: str, marked: list[str]) -> list[str]:
+        if not marked:
+            return []
+        prompts = [p + ANSWER_PREFIX[task] for p in self._prompts(task, marked)]
+        picks = self.gen.choose(prompts, self._option_ids[task])
+        return [LABELS[task][p] for p in picks]
+
+    def _classify_usage(
+        self, sentences: Sequence[str], ents: dict[int, list[Entity]]
+    ) -> dict[int, list[Usage]]:
+        keys = [(i, e) for i, found in ents.items() for e in found if e.type == "supplement"]
+        labels = self._choose("uc", [mark(sentences[i], e) for i, e in keys])
+        out: dict[int, list[Usage]] = {}
+        for (i, e), label in zip(keys, labels, strict=True):
+            out.setdefault(i, []).append(Usage(e.id, label))
+        return out
+
+    def _classify_relations(
+        self, sentences: Sequence[str], ents: dict[int, list[Entity]]
+    ) -> dict[int, list[Relation]]:
+        keys = [
+            (i, s, e)
+            for i, found in ents.items()
+            for s in found if s.type == "supplement"
+            for e in found if e.type == "event"
+        ]  # fmt: skip
+        labels = self._choose("re", [mark(sentences[i], s, e) for i, s, e in keys])
+        out: dict[int, list[Relation]] = {}
+        for (i, s, e), label in zip(keys, labels, strict=True):
+            if label != "not_related":
+                out.setdefault(i, []).append(Relation(s.id, e.id, label))
+        return out
+
+    def _te_task(
+        self, sentences: Sequence[str], ents: dict[int, list[Entity]], results: list[SentenceResult]
+    ) -> dict[int, list[Relation]]:
+        """Relations from the TE prompt, attached to NER's entities by span overlap."""
+        idx = [i for i, found in ents.items() if found]
+        outputs = self.gen.generate(self._prompts("te", [sentences[i] for i in idx]))
+        out: dict[int, list[Relation]] = {}
+        for i, output in zip(idx, outputs, strict=True):
+            parsed = parse_list(output, (3,))
+            results[i].unparseable["te"] += 0 if parsed.valid else 1
+            for head, rel, tail in parsed.items:
+                pair = _attach(sentences[i], ents[i], head, tail)
+                if pair is None or rel not in ("indication", "adverse_event"):
+                    results[i].dropped_spans += 1
+                    continue
+                if all((r.head, r.tail) != pair for r in out.get(i, [])):
+                    out.setdefault(i, []).append(Relation(pair[0], pair[1], rel))
+        return out
+
+
+def _attach(text: str, found: list[Entity], head: str, tail: str) -> tuple[str, str] | None:
+    def pick(mention: str, etype: str) -> str | None:
+        span = find_span(text, mention, [])
+        if span is None:
+            return None
+        for ent in found:
+            if ent.type == etype and ent.start < span[1] and span[0] < ent.end:
+                return ent.id
+        return None
+
+    h, t = pick(head, "supplement"), pick(tail, "event")
+    return (h, t) if h and t else None

@@ -1,0 +1,135 @@
+"""The four RAMIE tasks: instances from gold records, prompt rendering, response schemas.
+
+Each task has a versioned template file in ``extraction/prompts/<task>.v<N>.txt`` (the
+instruction), a compact JSON response, and a parser in :mod:`extraction.parsing`. The
+retrieval key of an instance is its ``input`` only — never the answer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Protocol
+
+from extraction.corpus import Entity, Record
+from extraction.corpus_stats import re_pairs
+
+TASKS = ("ner", "re", "uc", "te")
+PROMPT_VERSIONS = {"ner": 1, "re": 1, "uc": 1, "te": 1}
+LABELS = {
+    "re": ("indication", "adverse_event", "not_related"),
+    "uc": ("continue", "start", "discontinue", "uncertain"),
+}
+# Classification answers are scored after this fixed prefix (one forward pass, no decoding).
+ANSWER_PREFIX = {"re": '{"relation":"', "uc": '{"usage":"'}
+PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"
+USER, ASSISTANT, END = "<|im_start|>user\n", "<|im_start|>assistant\n", "<|im_end|>"
+
+
+def compact(obj: object) -> str:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One training / retrieval item: the model reads ``input`` and answers ``target``."""
+
+    task: str
+    example_id: str
+    input: str
+    target: str
+
+
+class Demo(Protocol):
+    """Anything with an input and its answer (an Instance, a retrieved Example)."""
+
+    @property
+    def input(self) -> str: ...
+
+    @property
+    def target(self) -> str: ...
+
+
+@cache
+def instruction(task: str) -> str:
+    """The instruction of a task's current template (comment lines dropped)."""
+    path = PROMPTS_DIR / f"{task}.v{PROMPT_VERSIONS[task]}.txt"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return "\n".join(line for line in lines if not line.startswith("#")).strip()
+
+
+def task_version() -> str:
+    """One string naming every prompt version (stamped into outputs and manifests)."""
+    return "+".join(f"{t}.v{PROMPT_VERSIONS[t]}" for t in TASKS)
+
+
+def mark(text: str, supplement: Entity, event: Entity | None = None) -> str:
+    """The sentence with the supplement in << >> and the event in [[ ]]."""
+    spans = [(supplement.start, supplement.end, "<<", ">>")]
+    if event is not None:
+        spans.append((event.start, event.end, "[[", "]]"))
+    out = text
+    for start, end, left, right in sorted(spans, reverse=True):
+        out = out[:start] + left + out[start:end] + right + out[end:]
+    return out
+
+
+def ner_target(rec: Record) -> str:
+    items: list[list[str]] = []
+    for ent in sorted(rec.entities, key=lambda e: e.start):
+        if ent.type == "supplement":
+            items.append(["s", ent.text, ent.normalized or ent.text.lower()])
+        else:
+            items.append(["e", ent.text])
+    return compact(items)
+
+
+def te_target(rec: Record) -> str:
+    triples = []
+    for rel in sorted(rec.relations, key=lambda r: rec.entity(r.head).start):
+        if rel.type in ("indication", "adverse_event"):
+            triples.append([rec.entity(rel.head).text, rel.type, rec.entity(rel.tail).text])
+    return compact(triples)
+
+
+def instances(rec: Record) -> list[Instance]:
+    """Every task instance a gold sentence yields (NER/TE per sentence, RE per pair, UC per
+    supplement)."""
+    out = [Instance("ner", rec.id, rec.text, ner_target(rec))]
+    if rec.supplements:
+        out.append(Instance("te", rec.id, rec.text, te_target(rec)))
+    status = {u.entity: u.status for u in rec.usage}
+    for supp in rec.supplements:
+        target = compact({"usage": status[supp.id]})
+        out.append(Instance("uc", f"{rec.id}:{supp.id}", mark(rec.text, supp), target))
+    for sid, eid, label in re_pairs(rec):
+        marked = mark(rec.text, rec.entity(sid), rec.entity(eid))
+        target = compact({"relation": label})
+        out.append(Instance("re", f"{rec.id}:{sid}:{eid}", marked, target))
+    return out
+
+
+Hinter = Callable[[str], str]
+
+
+def render_prompt(task: str, text: str, demos: Sequence[Demo], hint: Hinter | None = None) -> str:
+    """The prompt up to (and including) the assistant turn's start.
+
+    Demonstrations come first, least similar first, so the most similar sits next to the
+    input (RUIE's ordering). ``hint`` adds lexicon candidates to NER inputs.
+    """
+    parts = [USER, instruction(task), "\n"]
+    for demo in demos:
+        parts += ["\nInput: ", _with_hint(task, demo.input, hint), "\nOutput: ", demo.target, "\n"]
+    parts += ["\nInput: ", _with_hint(task, text, hint), END, "\n", ASSISTANT]
+    return "".join(parts)
+
+
+def _with_hint(task: str, text: str, hint: Hinter | None) -> str:
+    if task != "ner" or hint is None:
+        return text
+    found = hint(text)
+    return f"{text}\nCandidates: {found}" if found else text
