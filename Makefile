@@ -36,8 +36,10 @@ demo: $(STAMP)
 	$(DSFHIR) config show
 	$(DSFHIR) db migrate
 	$(DSFHIR) db status
+	$(BIN)/python examples/demo.py
 
 bench: $(STAMP)
+	$(BIN)/dsfhir db migrate
 	$(BIN)/python -m bench.run
 
 clean:

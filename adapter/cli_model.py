@@ -1,0 +1,211 @@
+"""``dsfhir model prepare``, ``index build`` and ``train``: the LLM engine's life cycle."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+
+from psycopg_pool import ConnectionPool
+
+from adapter import migrate
+from adapter.config import Settings
+from adapter.db import connect, database_dsn, open_pool
+from adapter.engine import base_model_dir, load_lexicon, open_index
+from extraction.corpus import load_corpus
+from extraction.llm import base_identity, file_sha256, prepare_base
+from extraction.retrieval import Example
+from extraction.tasks import TASKS, Demo, Instance, instances, task_version
+from extraction.train_loop import TrainResult
+from extraction.training import TrainOptions, build_encoded, options_json, select_instances
+
+log = logging.getLogger(__name__)
+DEFAULT_TRAIN = Path("data/corpus/train.jsonl")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    model = sub.add_parser("model", help="base model: prepare")
+    model_sub = model.add_subparsers(dest="model_command", required=True, metavar="ACTION")
+    prep = model_sub.add_parser("prepare", help="convert the shipped GGUF into a local HF model")
+    prep.set_defaults(handler=_prepare)
+    index = sub.add_parser("index", help="retrieval index: build")
+    index_sub = index.add_subparsers(dest="index_command", required=True, metavar="ACTION")
+    build = index_sub.add_parser("build", help="embed the training inputs into pgvector")
+    build.add_argument("--train", type=Path, default=DEFAULT_TRAIN)
+    build.add_argument("--force", action="store_true", help="rebuild even if up to date")
+    build.set_defaults(handler=_index_build)
+    train = sub.add_parser("train", help="LoRA fine-tuning of the shared multi-task adapter")
+    _train_args(train)
+    train.set_defaults(handler=_train)
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    d = TrainOptions()
+    p.add_argument("--train", type=Path, default=DEFAULT_TRAIN, help="training corpus")
+    p.add_argument("--out", type=Path, help="adapter output dir (default: model.adapter)")
+    p.add_argument("--tasks", default=",".join(d.tasks), help="comma list; one adapter")
+    p.add_argument("--per-task", action="store_true", help="one adapter per task (out/<task>)")
+    p.add_argument("--rank", type=int, default=d.rank)
+    p.add_argument("--alpha", type=int, default=d.alpha)
+    p.add_argument("--targets", default=",".join(d.targets))
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--epochs", type=float, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--max-length", type=int, default=d.max_length)
+    p.add_argument("--train-k", default=",".join(map(str, d.train_k)), help="demos per prompt")
+    p.add_argument(
+        "--max-per-task", default="", help="caps, e.g. ner=800,re=400 or 500 for every task"
+    )
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
+    p.add_argument("--threads", type=int, help="torch threads (default: model.threads)")
+
+
+@contextmanager
+def migrated_pool(settings: Settings) -> Iterator[ConnectionPool]:
+    """A pool on a database whose schema is up to date."""
+    with database_dsn(settings.database, settings.state_dir) as dsn:
+        with connect(dsn, settings.database.connect_timeout_s) as conn:
+            migrate.ensure_migrated(conn, migrate.default_migrations_dir())
+        pool = open_pool(dsn, settings.database)
+        try:
+            yield pool
+        finally:
+            pool.close()
+
+
+def _prepare(args: argparse.Namespace, settings: Settings) -> int:
+    target = prepare_base(base_model_dir(settings))
+    print(f"base model ready: {target} ({base_identity(target)['name']})")
+    return 0
+
+
+def corpus_examples(records_path: Path) -> list[Example]:
+    pool = [i for r in load_corpus(records_path) for i in instances(r)]
+    return [Example(i.task, i.example_id, i.input, i.target) for i in pool]
+
+
+def _index_build(args: argparse.Namespace, settings: Settings) -> int:
+    examples = corpus_examples(args.train)
+    version = f"{task_version()}:{file_sha256(args.train)[:12]}"
+    with migrated_pool(settings) as pool:
+        index = open_index(settings, pool)
+        if not args.force and index.versions() == {version} and index.count() == len(examples):
+            print(f"index is up to date ({len(examples)} examples, version {version})")
+            return 0
+        n = index.rebuild(examples, version)
+    by_task = {t: sum(e.task == t for e in examples) for t in TASKS}
+    print(f"indexed {n} examples ({', '.join(f'{t} {c}' for t, c in by_task.items())})")
+    return 0
+
+
+def _options(args: argparse.Namespace, tasks: Sequence[str]) -> TrainOptions:
+    return TrainOptions(
+        rank=args.rank,
+        alpha=args.alpha,
+        targets=tuple(args.targets.split(",")),
+        lr=args.lr,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+        train_k=tuple(int(k) for k in args.train_k.split(",")),
+        max_per_task=_caps(args.max_per_task, tasks),
+        tasks=tuple(tasks),
+        checkpoint_every=args.checkpoint_every,
+    )
+
+
+def _caps(spec: str, tasks: Sequence[str]) -> tuple[tuple[str, int], ...]:
+    if not spec:
+        return ()
+    if spec.isdigit():
+        return tuple((t, int(spec)) for t in tasks)
+    pairs = [item.split("=", 1) for item in spec.split(",")]
+    return tuple((t, int(n)) for t, n in pairs if t in tasks)
+
+
+def _train(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+
+    from extraction.train_loop import train_lora
+
+    # On a busy machine one thread beats two: oversubscribed cores spin instead of working.
+    torch.set_num_threads(args.threads or settings.model.threads)
+    out_root = args.out or (
+        settings.resolve(settings.model.adapter) if settings.model.adapter else None
+    )
+    if out_root is None:
+        print("no output directory: pass --out or set model.adapter")
+        return 1
+    all_tasks = args.tasks.split(",")
+    groups = [[t] for t in all_tasks] if args.per_task else [all_tasks]
+    base = prepare_base(base_model_dir(settings))
+    lexicon = load_lexicon(settings)
+    pool_items = [i for r in load_corpus(args.train) for i in instances(r)]
+    with migrated_pool(settings) as pool:
+        index = open_index(settings, pool)
+
+        def lookup(items: Sequence[Instance], k: int) -> list[Sequence[Demo]]:
+            out: list[Sequence[Demo]] = [[] for _ in items]
+            for task in {i.task for i in items}:
+                idx = [n for n, i in enumerate(items) if i.task == task]
+                found = index.nearest(
+                    task, [items[n].input for n in idx], k, [{items[n].example_id} for n in idx]
+                )
+                for n, demos in zip(idx, found, strict=True):
+                    out[n] = demos
+            return out
+
+        for tasks in groups:
+            out_dir = out_root / tasks[0] if args.per_task else out_root
+            opts = _options(args, tasks)
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
+            chosen = select_instances(pool_items, opts)
+            data = build_encoded(tok, chosen, lookup, opts, lexicon.candidates)
+            fingerprint = _fingerprint(base, args.train, opts)
+            ckpt = settings.state_dir / "checkpoints" / fingerprint[:16]
+            result = train_lora(base, data, opts, out_dir, ckpt, fingerprint, tok.pad_token_id or 0)
+            _write_manifest(out_dir, base, args.train, opts, result, len(data))
+            print(
+                f"adapter saved to {out_dir}: {result.steps} steps, "
+                f"loss {result.first_loss:.3f} -> {result.last_loss:.3f}"
+            )
+    return 0
+
+
+def _fingerprint(base: Path, train: Path, opts: TrainOptions) -> str:
+    payload = json.dumps(
+        {
+            "base": base_identity(base),
+            "train": file_sha256(train),
+            "opts": options_json(opts),
+            "tasks": task_version(),
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _write_manifest(
+    out_dir: Path, base: Path, train: Path, opts: TrainOptions, result: TrainResult, n: int
+) -> None:
+    weights = out_dir / "adapter_model.safetensors"
+    manifest = {
+        "base_model": base_identity(base),
+        "adapter_sha256": file_sha256(weights),
+        "task_version": task_version(),
+        "corpus": {str(train): file_sha256(train)},
+        "train_options": options_json(opts),
+        "instances": n,
+        "result": asdict(result),
+        "dev_scores": {},
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -1,0 +1,144 @@
+"""Composition of the extraction engine from the configuration (the only place that does it).
+
+``build_extractor`` returns an :class:`extraction.api.Extractor` for the configured backend;
+callers (CLI, worker) never construct models, lexicons or retrievers themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from psycopg_pool import ConnectionPool
+
+from adapter.config import Settings
+from adapter.errors import ConfigError
+from extraction.api import EngineInfo, Extractor
+from extraction.corpus import load_corpus
+from extraction.lexicon import Lexicon
+from extraction.pipeline import NotePipeline
+from extraction.retrieval import ExampleIndex
+from extraction.rules import RulesBackend
+from extraction.tasks import Demo, task_version
+
+if TYPE_CHECKING:
+    from extraction.llm_backend import LlmBackend
+
+BASE_MODEL_DIRNAME = "smollm2-135m-instruct"
+
+
+def software_version() -> str:
+    try:
+        return version("dsfhir")
+    except Exception:  # running from a source tree that was never installed
+        return "0+unknown"
+
+
+def load_lexicon(settings: Settings) -> Lexicon:
+    path = settings.extraction.lexicon
+    if path is None:
+        raise ConfigError("[extraction] lexicon must be set")
+    return Lexicon.load(settings.resolve(path))
+
+
+def event_terms(settings: Settings) -> list[str]:
+    """Event phrases for the rules backend: from an annotated corpus or a plain list."""
+    path = settings.extraction.event_terms
+    if path is None:
+        return []
+    path = settings.resolve(path)
+    if path.suffix == ".jsonl":
+        return [e.text for r in load_corpus(path) for e in r.events]
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def base_model_dir(settings: Settings) -> Path:
+    if settings.model.base is not None:
+        return settings.resolve(settings.model.base)
+    return settings.state_dir / "models" / BASE_MODEL_DIRNAME
+
+
+def adapter_dir(settings: Settings) -> Path | None:
+    return settings.resolve(settings.model.adapter) if settings.model.adapter else None
+
+
+@dataclass
+class IndexRetriever:
+    """Retrieval over the pgvector pool, or nothing when disabled."""
+
+    index: ExampleIndex | None
+
+    def nearest(self, task: str, queries: Sequence[str], k: int) -> Sequence[Sequence[Demo]]:
+        if self.index is None or k == 0:
+            return [[] for _ in queries]
+        return self.index.nearest(task, queries, k)
+
+
+def open_index(settings: Settings, pool: ConnectionPool) -> ExampleIndex:
+    from extraction.embedding import SentenceEmbedder
+
+    model = settings.retrieval.embedding_model
+    # torch threads are process-wide: the entry point sets them, not the embedder.
+    embedder = SentenceEmbedder(settings.resolve(model) if model else None)
+    return ExampleIndex(pool, embedder)
+
+
+def _adapter_name(path: Path | None) -> str:
+    if path is None:
+        return "none"
+    manifest = path / "manifest.json"
+    if manifest.is_file():
+        data = json.loads(manifest.read_text())
+        return f"{path.name}@{str(data.get('adapter_sha256', ''))[:12]}"
+    return path.name
+
+
+def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extractor:
+    """The configured backend wrapped in the note pipeline."""
+    ext = settings.extraction
+    lexicon = load_lexicon(settings)
+    if ext.backend == "lexicon":
+        backend = RulesBackend(lexicon, event_terms(settings))
+        return NotePipeline(backend, ext.max_sentence_chars, ext.max_note_chars)
+    if ext.backend == "llm":
+        return NotePipeline(
+            _llm_backend(settings, pool, lexicon), ext.max_sentence_chars, ext.max_note_chars
+        )
+    raise ConfigError(f"[extraction] backend {ext.backend!r} is not available in this build")
+
+
+def _llm_backend(
+    settings: Settings,
+    pool: ConnectionPool | None,
+    lexicon: Lexicon,
+) -> LlmBackend:
+    from extraction.llm import Generator, base_identity, load_model
+    from extraction.llm_backend import LlmOptions
+
+    base = base_model_dir(settings)
+    adapter = adapter_dir(settings)
+    loaded = load_model(
+        base, adapter, settings.model.device, settings.model.dtype, settings.model.threads
+    )
+    generator = Generator(loaded, settings.model.batch_size, settings.model.max_new_tokens)
+    use_retrieval = settings.retrieval.enabled and settings.retrieval.k > 0 and pool is not None
+    retriever = IndexRetriever(open_index(settings, pool) if use_retrieval and pool else None)
+    info = EngineInfo(
+        backend="llm",
+        software_version=software_version(),
+        task_version=task_version(),
+        base_model=base_identity(base)["name"],
+        adapter=_adapter_name(adapter),
+    )
+    options = LlmOptions(
+        k=settings.retrieval.k if use_retrieval else 0,
+        te_mode=settings.extraction.te_mode,
+        lexicon_gate=settings.extraction.lexicon_gate,
+    )
+    from extraction.llm_backend import LlmBackend
+
+    return LlmBackend(generator, retriever, lexicon, info, options)

@@ -1,0 +1,138 @@
+"""``make bench``: speed and memory of each extraction backend on this machine.
+
+Runs every backend named on the command line (default: lexicon and llm) over the dev
+sentences and the 25 dev notes, and writes ``bench/results/extraction.json`` with the
+machine and configuration recorded. Accuracy lives in ``dsfhir evaluate`` / docs/results.md;
+this file is about time and memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from adapter.cli_extract import engine
+from adapter.config import Settings, load_settings
+from extraction.api import Extractor
+
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+
+
+def _texts(path: Path, limit: int) -> list[str]:
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [json.loads(line)["text"] for line in lines if line.strip()][:limit]
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _timed(extractor: Extractor, texts: list[str]) -> tuple[float, int]:
+    started = time.perf_counter()
+    results = extractor.extract(texts)
+    return time.perf_counter() - started, sum(r.sentences for r in results)
+
+
+def _generator_counters(extractor: Extractor) -> dict[str, int]:
+    backend = getattr(extractor, "backend", None)
+    gen = getattr(backend, "gen", None)
+    if gen is None:
+        return {}
+    return {"prompt_tokens": gen.prompt_tokens, "generated_tokens": gen.generated_tokens}
+
+
+def bench_backend(
+    settings: Settings, backend: str, n_sentences: int, n_notes: int
+) -> dict[str, Any]:
+    cfg = settings.model_copy(
+        update={"extraction": settings.extraction.model_copy(update={"backend": backend})}
+    )
+    started = time.perf_counter()
+    with engine(cfg) as extractor:
+        load_s = time.perf_counter() - started
+        sentences = _texts(REPO / "data/corpus/dev.jsonl", n_sentences)
+        notes = _texts(REPO / "data/corpus/notes-dev.jsonl", n_notes)
+        extractor.extract(sentences[:4])  # warm-up (lazy init, first allocations)
+        before = _generator_counters(extractor)
+        sent_s, _ = _timed(extractor, sentences)
+        after_sent = _generator_counters(extractor)
+        note_s, note_sentences = _timed(extractor, notes)
+        after = _generator_counters(extractor)
+    out: dict[str, Any] = {
+        "backend": backend,
+        "load_seconds": round(load_s, 2),
+        "sentences": len(sentences),
+        "sentences_per_second": round(len(sentences) / sent_s, 3),
+        "notes": len(notes),
+        "note_sentences": note_sentences,
+        "notes_per_minute": round(60 * len(notes) / note_s, 3),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
+    }
+    if after:
+        gen_tokens = after["generated_tokens"] - before["generated_tokens"]
+        prompt_sent = after_sent["prompt_tokens"] - before["prompt_tokens"]
+        out["generated_tokens_per_second"] = round(gen_tokens / (sent_s + note_s), 2)
+        out["prompt_tokens_per_sentence"] = round(prompt_sent / max(1, len(sentences)), 1)
+    return out
+
+
+def _child(backend: str, args: argparse.Namespace) -> dict[str, Any]:
+    cmd = [sys.executable, "-m", "bench.run", "--one", backend, "--config", str(args.config)]
+    cmd += ["--sentences", str(args.sentences), "--notes", str(args.notes)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=REPO)
+    row: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run")
+    parser.add_argument("--backends", default="lexicon,llm")
+    parser.add_argument("--sentences", type=int, default=120)
+    parser.add_argument("--notes", type=int, default=25)
+    parser.add_argument("--config", type=Path, default=REPO / "config.toml")
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: one backend, JSON out
+    args = parser.parse_args(argv)
+    settings = load_settings(args.config)
+    if args.one:
+        print(json.dumps(bench_backend(settings, args.one, args.sentences, args.notes)))
+        return 0
+    # One process per backend, so peak RSS and warm caches are each backend's own.
+    rows = [_child(b, args) for b in args.backends.split(",")]
+    report = {
+        "machine": {
+            "platform": platform.platform(),
+            "processor": platform.processor() or platform.machine(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "config": {
+            "model": settings.model.model_dump(mode="json"),
+            "retrieval": settings.retrieval.model_dump(mode="json"),
+            "extraction": settings.extraction.model_dump(mode="json"),
+        },
+        "results": rows,
+    }
+    llm = next((r for r in rows if r["backend"] == "llm"), None)
+    fast = [r for r in rows if r["backend"] != "llm"]
+    if llm and fast:
+        report["speed_ratio_vs_llm"] = {
+            r["backend"]: round(r["notes_per_minute"] / llm["notes_per_minute"], 1) for r in fast
+        }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "extraction.json").write_text(json.dumps(report, indent=2) + "\n")
+    for row in rows:
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,69 @@
+"""``dsfhir extract`` on the fast lexicon backend: records out, bad input isolated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from adapter.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        "[extraction]\n"
+        'backend = "lexicon"\n'
+        f'lexicon = "{REPO / "data/lexicon/supplements.tsv"}"\n'
+        f'event_terms = "{REPO / "data/corpus/train.jsonl"}"\n'
+        "max_note_chars = 200000\n"
+    )
+    return cfg
+
+
+def test_extract_file_isolates_bad_records(config: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    good = {"id": "a", "text": "Continue fish oil for high triglycerides.\nStopped ginkgo in May."}
+    huge = {"id": "big", "text": "Takes magnesium for leg cramps. " * 33_000}  # ~1 MB
+    src.write_bytes(
+        b"\n".join(
+            [
+                json.dumps(good).encode(),
+                json.dumps({"id": "empty", "text": "  "}).encode(),
+                b'{"id": "latin1", "text": "caf\xe9"}',
+                json.dumps({"text": "no id"}).encode(),
+                json.dumps(huge).encode(),
+                json.dumps({"id": "z", "text": "Melatonin 3 mg qhs for insomnia."}).encode(),
+            ]
+        )
+    )
+    out = tmp_path / "out.jsonl"
+    rc = main(["--config", str(config), "extract", "--input", str(src), "--output", str(out)])
+    assert rc == 1  # some records failed, none lost
+    rows = {r["id"]: r for r in map(json.loads, out.read_text().splitlines())}
+    assert set(rows) == {"a", "empty", "line-3", "line-4", "big", "z"}
+    assert "text is empty" in rows["empty"]["error"]
+    assert "UTF-8" in rows["line-3"]["error"] or "utf-8" in rows["line-3"]["error"]
+    assert "id" in rows["line-4"]["error"]
+    assert rows["big"]["truncated"] is True
+    names = {s["normalized"]: s["status"] for s in rows["a"]["supplements"]}
+    assert names == {"fish oil": "continue", "ginkgo": "discontinue"}
+    assert rows["z"]["entities"][0]["text"] == "Melatonin"
+
+
+def test_extract_text_prints_a_readable_result(
+    config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["--config", str(config), "extract", "--text", "Started vitamin D 2000 IU."]) == 0
+    out = capsys.readouterr().out
+    assert "vitamin d: start" in out
+
+
+def test_extract_needs_output_with_input(config: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text("")
+    assert main(["--config", str(config), "extract", "--input", str(src)]) == 2

