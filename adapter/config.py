@@ -58,6 +58,8 @@ class FhirConfig(_Section):
     since_param: Literal["_lastUpdated", "date"] = "_lastUpdated"
     categories: tuple[str, ...] = ()
     types: tuple[str, ...] = ()
+    statuses: tuple[str, ...] = ()
+    strict_search: bool = True
     safety_lag_s: int = Field(120, ge=0)
     overlap_s: int = Field(300, ge=0)
     max_note_bytes: int = Field(1_000_000, ge=1)
@@ -116,14 +118,27 @@ class RetrievalConfig(_Section):
 
 class ExtractionConfig(_Section):
     backend: Literal["llm", "encoder", "lexicon"] = "llm"
+    te_mode: Literal["pipeline", "task"] = "pipeline"
+    lexicon_gate: bool = True
     max_sentence_chars: int = Field(600, ge=50)
     max_note_chars: int = Field(200_000, ge=100)
+    lexicon: Path | None = Path("data/lexicon/supplements.tsv")
+    event_terms: Path | None = Path("data/corpus/train.jsonl")
+
+
+class EncoderConfig(_Section):
+    base: Path | None = None
+    model_dir: Path | None = None
+    threads: int = Field(2, ge=1)
+    batch_size: int = Field(32, ge=1)
+    known_only: bool = True
 
 
 class WritebackConfig(_Section):
     enabled: bool = True
     identifier_system: str = "urn:dsfhir:extraction"
     store_note_text: bool = False
+    max_attempts: int = Field(5, ge=1)
 
 
 class Settings(_Section):
@@ -139,6 +154,7 @@ class Settings(_Section):
     model: ModelConfig = ModelConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
     extraction: ExtractionConfig = ExtractionConfig()
+    encoder: EncoderConfig = EncoderConfig()
     writeback: WritebackConfig = WritebackConfig()
 
     @property

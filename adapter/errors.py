@@ -22,7 +22,17 @@ from __future__ import annotations
 
 from extraction.errors import DsfhirError
 
-__all__ = ["ConfigError", "DatabaseError", "DsfhirError", "MigrationError"]
+__all__ = [
+    "AuthError",
+    "ConfigError",
+    "DatabaseError",
+    "DsfhirError",
+    "FhirError",
+    "FhirFatalError",
+    "FhirTemporaryError",
+    "MigrationError",
+    "NoteTextError",
+]
 
 
 class ConfigError(DsfhirError):
@@ -35,3 +45,37 @@ class DatabaseError(DsfhirError):
 
 class MigrationError(DatabaseError):
     """A migration failed and was rolled back; earlier ones stay applied."""
+
+
+class FhirError(DsfhirError):
+    """A FHIR interaction failed; ``status`` is the HTTP status (None: no response at all).
+
+    ``outcome`` carries the server's OperationOutcome text (issue details/diagnostics) when
+    it sent one, so the operator sees why the server refused.
+    """
+
+    def __init__(self, message: str, status: int | None = None, outcome: str = "") -> None:
+        self.status = status
+        self.outcome = outcome
+        super().__init__(f"{message}: {outcome}" if outcome else message)
+
+
+class FhirTemporaryError(FhirError):
+    """Still failing after the retries (429/503/408/5xx or a transport error): try again later."""
+
+
+class FhirFatalError(FhirError):
+    """Retrying cannot help: a 4xx answer, an OperationOutcome error or an unusable payload."""
+
+
+class AuthError(FhirError):
+    """The token endpoint refused us, or the credentials / key could not be used."""
+
+
+class NoteTextError(DsfhirError):
+    """A note has no usable text; ``reason`` is a short cause code, recorded per note."""
+
+    def __init__(self, reason: str, detail: str = "") -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}" if detail else reason)

@@ -163,7 +163,11 @@ class Generator:
             # Left padding: positions must count real tokens only, as in training.
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             out = model(
-                input_ids=enc["input_ids"], attention_mask=mask, position_ids=pos, use_cache=True
+                input_ids=enc["input_ids"],
+                attention_mask=mask,
+                position_ids=pos,
+                use_cache=True,
+                logits_to_keep=1,  # only the last position's vocabulary projection is needed
             )
             for _ in range(self.max_new_tokens):
                 nxt = out.logits[:, -1, :].argmax(dim=-1)
@@ -200,7 +204,10 @@ class Generator:
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             with torch.inference_mode():
                 out = self.loaded.model(
-                    input_ids=enc["input_ids"], attention_mask=mask, position_ids=pos
+                    input_ids=enc["input_ids"],
+                    attention_mask=mask,
+                    position_ids=pos,
+                    logits_to_keep=1,
                 )
             logits = out.logits[:, -1, :]
             best = logits.index_select(1, option_ids).argmax(dim=-1).tolist()

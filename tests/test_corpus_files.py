@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -57,7 +58,7 @@ def test_guideline_invariants(train: list[Record], dev: list[Record]) -> None:
         if not rec.supplements:
             assert not rec.entities, f"{rec.id}: events without a supplement"
         spans = sorted((e.start, e.end) for e in rec.entities)
-        assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:])), f"{rec.id}: overlap"
+        assert all(a[1] <= b[0] for a, b in pairwise(spans)), f"{rec.id}: overlap"
         for ent in rec.supplements:
             assert ent.normalized and ent.normalized == ent.normalized.lower(), rec.id
 

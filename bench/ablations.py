@@ -1,0 +1,126 @@
+"""Accuracy ablations for docs/results.md, produced with ``dsfhir extract`` + ``dsfhir evaluate``.
+
+Each configuration runs the real CLI on the dev sentences (optionally a fixed prefix of them)
+and on the dev notes, then scores with the evaluator; the JSON reports land in
+``bench/results/ablations/`` and a summary in ``bench/results/ablations.json``.
+
+    python -m bench.ablations --runs rules,ft-k0,ft-k1,ft-k3 [--limit 150]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "bench" / "results" / "ablations"
+
+# name -> extra `dsfhir extract` arguments
+RUNS: dict[str, list[str]] = {
+    "rules": ["--backend", "lexicon"],
+    "encoder": ["--backend", "encoder"],
+    "base-zero-shot": ["--backend", "llm", "--adapter", "none", "--k", "0"],
+    "ft-k0": ["--backend", "llm", "--k", "0"],
+    "ft-k1": ["--backend", "llm", "--k", "1"],
+    "ft-k3": ["--backend", "llm", "--k", "3"],
+    "ft-k3-te-task": ["--backend", "llm", "--k", "3", "--te-mode", "task"],
+    "ft-k3-nogate": ["--backend", "llm", "--k", "3", "--no-gate"],
+}
+
+
+def _dsfhir(*args: str) -> None:
+    subprocess.run([sys.executable, "-m", "adapter.cli", *args], check=True, cwd=REPO)
+
+
+def _slice(src: Path, limit: int, dst: Path) -> Path:
+    if not limit:
+        return src
+    lines = [line for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    dst.write_text("\n".join(lines[:limit]) + "\n", encoding="utf-8")
+    return dst
+
+
+def run(name: str, limit: int, notes: bool) -> dict[str, Any]:
+    OUT.mkdir(parents=True, exist_ok=True)
+    gold = _slice(REPO / "data/corpus/dev.jsonl", limit, OUT / f"dev-{limit}.jsonl")
+    pred = OUT / f"{name}.dev.pred.jsonl"
+    started = time.monotonic()
+    _dsfhir("extract", *RUNS[name], "--input", str(gold), "--output", str(pred))
+    seconds = time.monotonic() - started
+    _dsfhir(
+        "evaluate",
+        "--gold",
+        str(gold),
+        "--pred",
+        str(pred),
+        "--json",
+        str(OUT / f"{name}.dev.json"),
+    )
+    row: dict[str, Any] = {
+        "run": name,
+        "dev_records": limit or "all",
+        "dev_seconds": round(seconds, 1),
+    }
+    row["dev"] = json.loads((OUT / f"{name}.dev.json").read_text())
+    if notes:
+        npred = OUT / f"{name}.notes.pred.jsonl"
+        gold_notes = REPO / "data/corpus/notes-dev.jsonl"
+        _dsfhir("extract", *RUNS[name], "--input", str(gold_notes), "--output", str(npred))
+        report = OUT / f"{name}.notes.json"
+        _dsfhir(
+            "evaluate",
+            "--level",
+            "notes",
+            "--gold",
+            str(gold_notes),
+            "--pred",
+            str(npred),
+            "--json",
+            str(report),
+        )
+        row["notes"] = json.loads(report.read_text())
+    return row
+
+
+def headline(row: dict[str, Any]) -> str:
+    dev = row["dev"]
+
+    def ci(block: dict[str, Any], key: str, ci_key: str) -> str:
+        low, high = block[ci_key]
+        return f"{block[key]:.3f} [{low:.2f}-{high:.2f}]"
+
+    cells = [
+        row["run"],
+        ci(dev["ner"]["strict"], "f1", "f1_ci95"),
+        ci(dev["re"]["end_to_end"], "macro_f1", "macro_f1_ci95"),
+        ci(dev["te"]["strict"], "f1", "f1_ci95"),
+        ci(dev["uc"]["end_to_end"], "accuracy", "accuracy_ci95"),
+    ]
+    notes = row.get("notes")
+    cells.append(ci(notes["supplements_with_status"], "f1", "f1_ci95") if notes else "")
+    return "| " + " | ".join(cells) + " |"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.ablations")
+    parser.add_argument("--runs", default="rules,ft-k0,ft-k1,ft-k3")
+    parser.add_argument("--limit", type=int, default=0, help="first N dev sentences (0 = all)")
+    parser.add_argument("--no-notes", action="store_true")
+    args = parser.parse_args(argv)
+    summary_path = REPO / "bench" / "results" / "ablations.json"
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    for name in args.runs.split(","):
+        row = run(name, args.limit, not args.no_notes)
+        summary[name] = row
+        summary_path.write_text(json.dumps(summary, indent=1) + "\n")
+        print(headline(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

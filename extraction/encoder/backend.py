@@ -1,0 +1,200 @@
+"""The encoder :class:`~extraction.pipeline.SentenceBackend`: NER, then UC and RE per supplement.
+
+Per batch of sentences: one NER pass over all of them; entities decoded from word BIO
+labels; events dropped where no supplement was found (guidelines §4: such sentences have
+no entities); names normalised; then one marked pass per supplement gives its usage status
+and its relation to every event of the sentence. TE triples are the non-``not_related``
+relations.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from extraction.api import EngineInfo
+from extraction.corpus import RELATION_TYPES, USAGE_STATUSES, Entity, Record, Relation, Usage
+from extraction.encoder.data import filler_id, marked_batch, mask_of, pad
+from extraction.encoder.model import (
+    MultiTaskEncoder,
+    base_hash,
+    build_model,
+    load_base,
+    load_weights,
+)
+from extraction.encoder.normalize import LazyEmbedder, Normalizer, merged_lexicon
+from extraction.encoder.tokens import Encoding, Marked, decode, encode, mark
+from extraction.errors import ModelLoadError
+from extraction.lexicon import Lexicon
+from extraction.pipeline import SentenceResult
+
+ENCODER_TASK_VERSION = "encoder-1"
+MANIFEST = "manifest.json"
+NAMES_FILE = "names.json"
+# Inference reads up to this many subwords per sentence: the pipeline cuts sentences at
+# 600 characters (~200 subwords), well inside the encoder's 512 positions.
+INFER_MAX_LENGTH = 320
+
+
+def software_version() -> str:
+    try:
+        return version("dsfhir")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+class EncoderBackend:
+    """Sentences in, per-sentence records out (offsets into each sentence)."""
+
+    def __init__(
+        self,
+        model: MultiTaskEncoder,
+        tokenizer: Any,
+        normalizer: Normalizer,
+        info: EngineInfo,
+        batch_size: int = 32,
+        known_only: bool = True,
+    ) -> None:
+        """``known_only``: drop supplement mentions that neither the lexicon nor the nearest
+        lexicon entry recognises (in full notes these are mostly prescription drugs on med
+        lists and abbreviations); off, new products are kept under their own name."""
+        self.model = model
+        self.tokenizer = tokenizer
+        self.normalizer = normalizer
+        self._info = info
+        self.batch_size = batch_size
+        self.known_only = known_only
+
+    @property
+    def info(self) -> EngineInfo:
+        return self._info
+
+    def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with torch.inference_mode():
+                encs = [encode(self.tokenizer, s, INFER_MAX_LENGTH) for s in sentences]
+                entities = [self._entities(text, ents) for text, ents in zip(
+                    sentences, self._ner(encs), strict=True)]  # fmt: skip
+                usage, relations = self._classify(encs, entities)
+        finally:
+            self.model.train(was_training)
+        return [
+            SentenceResult(Record(f"s{i}", text, tuple(ents), tuple(rels), tuple(uses)))
+            for i, (text, ents, uses, rels) in enumerate(
+                zip(sentences, entities, usage, relations, strict=True)
+            )
+        ]
+
+    def _batches(self, n: int, lengths: Sequence[int]) -> list[list[int]]:
+        # Sorting by length keeps padding (most of the cost on short sentences) low.
+        order = sorted(range(n), key=lambda i: lengths[i])
+        return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+
+    def _ner(self, encs: Sequence[Encoding]) -> list[list[tuple[str, int, int]]]:
+        out: list[list[tuple[str, int, int]]] = [[] for _ in encs]
+        pad_id = int(self.tokenizer.pad_token_id)
+        for idx in self._batches(len(encs), [len(e.input_ids) for e in encs]):
+            rows = [encs[i].input_ids for i in idx]
+            logits = self.model.ner_logits(pad(rows, pad_id), mask_of(rows))
+            best = logits.argmax(-1).tolist()
+            for row, i in enumerate(idx):
+                firsts = [first for first, _ in encs[i].word_tokens]
+                out[i] = decode(encs[i], [best[row][t] for t in firsts])
+        return out
+
+    def _entities(self, text: str, spans: Sequence[tuple[str, int, int]]) -> list[Entity]:
+        found: list[Entity] = []
+        for etype, start, end in sorted(spans, key=lambda s: s[1]):
+            surface, norm = text[start:end], None
+            if etype == "supplement":
+                norm, known = self.normalizer.resolve(surface)
+                if self.known_only and not known:
+                    continue
+            found.append(Entity("", etype, start, end, surface, norm))
+        if not any(e.type == "supplement" for e in found):
+            return []  # events exist only beside a supplement (guidelines §4)
+        return [
+            Entity(f"T{n}", e.type, e.start, e.end, e.text, e.normalized)
+            for n, e in enumerate(found, start=1)
+        ]
+
+    def _classify(
+        self, encs: Sequence[Encoding], entities: Sequence[Sequence[Entity]]
+    ) -> tuple[list[list[Usage]], list[list[Relation]]]:
+        jobs: list[tuple[int, Entity, list[Entity], Marked]] = []
+        filler = filler_id(self.tokenizer)
+        for i, (enc, ents) in enumerate(zip(encs, entities, strict=True)):
+            events = [e for e in ents if e.type == "event"]
+            for sup in (e for e in ents if e.type == "supplement"):
+                spans = [(e.start, e.end) for e in events]
+                m = mark(enc, (sup.start, sup.end), spans, filler)
+                if m is not None:
+                    jobs.append((i, sup, events, m))
+        usage: list[list[Usage]] = [[] for _ in encs]
+        relations: list[list[Relation]] = [[] for _ in encs]
+        pad_id = int(self.tokenizer.pad_token_id)
+        for idx in self._batches(len(jobs), [len(j[3].input_ids) for j in jobs]):
+            batch = marked_batch([jobs[k][3] for k in idx], pad_id)
+            states = self.model.marked_states(batch.input_ids, batch.markers, batch.attention_mask)
+            statuses = self.model.uc_logits(states, batch.sup_heads).argmax(-1).tolist()
+            rels = self.model.re_logits(
+                states, batch.pair_rows, batch.pair_sup, batch.pair_ev
+            ).argmax(-1).tolist()  # fmt: skip
+            pair = 0
+            for row, k in enumerate(idx):
+                sent, sup, events, m = jobs[k]
+                usage[sent].append(Usage(sup.id, USAGE_STATUSES[statuses[row]]))
+                for ev, head in zip(events, m.event_heads, strict=True):
+                    if head is None:
+                        continue
+                    label = RELATION_TYPES[rels[pair]]
+                    pair += 1
+                    if label != "not_related":
+                        relations[sent].append(Relation(sup.id, ev.id, label))
+        return usage, relations
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any]:
+    path = model_dir / MANIFEST
+    if not path.is_file():
+        raise ModelLoadError(f"no trained encoder at {model_dir} (run `dsfhir encoder train`)")
+    data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    return data
+
+
+def load_backend(
+    model_dir: Path,
+    base_dir: Path,
+    lexicon: Lexicon | None,
+    batch_size: int = 32,
+    known_only: bool = True,
+) -> EncoderBackend:
+    """A trained encoder from ``model_dir`` on the base it was trained from (hash-checked)."""
+    manifest = read_manifest(model_dir)
+    digest = base_hash(base_dir)
+    if manifest.get("base_model_sha256") != digest:
+        raise ModelLoadError(
+            f"{model_dir} was trained on a different base model than {base_dir} "
+            "(hash mismatch); retrain with `dsfhir encoder train`"
+        )
+    tokenizer, encoder = load_base(base_dir)
+    model = build_model(tokenizer, encoder)
+    load_weights(model, model_dir)
+    model.eval()
+    names = json.loads((model_dir / NAMES_FILE).read_text(encoding="utf-8"))
+    normalizer = Normalizer(merged_lexicon(lexicon, names), LazyEmbedder(base_dir))
+    info = EngineInfo(
+        backend="encoder",
+        software_version=software_version(),
+        task_version=ENCODER_TASK_VERSION,
+        base_model=f"{manifest.get('base_model') or base_dir.name}@{digest[:12]}",
+        adapter=f"{model_dir.name}@{str(manifest.get('weights_sha256', ''))[:12]}",
+    )
+    return EncoderBackend(model, tokenizer, normalizer, info, batch_size, known_only)

@@ -1,0 +1,19 @@
+"""Training hyper-parameters (kept free of torch imports so the CLI starts fast)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 3
+    batch_size: int = 16
+    learning_rate: float = 1e-4  # encoder; the new heads learn 10x faster
+    warmup_fraction: float = 0.06
+    weight_decay: float = 0.01
+    max_length: int = 128
+    seed: int = 13
+    threads: int = 2
+    checkpoint_every: int = 100  # optimiser steps between checkpoints
+    max_steps: int | None = None  # stop early (tests, smoke runs)

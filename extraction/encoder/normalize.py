@@ -1,0 +1,99 @@
+"""Supplement-name normalisation: the lexicon first, then the nearest entry by embedding.
+
+The lexicon is the project's ``data/lexicon/supplements.tsv`` (when present) extended with
+every (surface, normalised name) pair of the training corpus, so each name the model was
+trained on normalises exactly. A surface neither knows is embedded with the base sentence
+encoder (mean pooling) and mapped to the closest known surface above a similarity floor;
+below it the lower-cased surface is kept, so a new product is never forced onto a wrong name
+(MiniLM similarities of unrelated short names reach ~0.8: "vitamins" ~ "Vitamin A").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from extraction.corpus import Record
+from extraction.embedding import SentenceEmbedder
+from extraction.lexicon import Lexicon, LexiconEntry
+
+Embed = Callable[[Sequence[str]], np.ndarray]  # texts -> L2-normalised rows
+SIMILARITY_FLOOR = 0.85
+
+
+def corpus_names(records: Iterable[Record]) -> dict[str, str]:
+    """Surface (as written) -> normalised name, from gold supplement mentions."""
+    out: dict[str, str] = {}
+    for rec in records:
+        for ent in rec.supplements:
+            if ent.normalized:
+                out.setdefault(ent.text, ent.normalized)
+    return out
+
+
+def merged_lexicon(base: Lexicon | None, names: Mapping[str, str]) -> Lexicon:
+    """The project lexicon plus corpus surfaces as extra synonyms of their names."""
+    entries = dict(base.entries) if base is not None else {}
+    extra: dict[str, list[str]] = {}
+    for surface, name in names.items():
+        extra.setdefault(name, []).append(surface)
+    for name, surfaces in extra.items():
+        if name in entries:
+            entry = entries[name]
+            entries[name] = dataclasses.replace(entry, synonyms=(*entry.synonyms, *surfaces))
+        else:
+            entries[name] = LexiconEntry(name, "", tuple(surfaces), (), (), "", "", "")
+    return Lexicon(list(entries.values()))
+
+
+class LazyEmbedder:
+    """Sentence embeddings (``extraction.embedding``), the model loaded on first use only:
+    most mentions normalise through the lexicon and never need it."""
+
+    def __init__(self, model_dir: Path | None) -> None:
+        self.model_dir = model_dir
+        self._embedder: SentenceEmbedder | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, texts: Sequence[str]) -> np.ndarray:
+        with self._lock:
+            if self._embedder is None:
+                self._embedder = SentenceEmbedder(self.model_dir)
+        return self._embedder.encode(list(texts))
+
+
+class Normalizer:
+    """surface -> normalised name (always returns one)."""
+
+    def __init__(self, lexicon: Lexicon, embed: Embed | None, floor: float = SIMILARITY_FLOOR):
+        self.lexicon = lexicon
+        self.embed = embed
+        self.floor = floor
+        self._index: tuple[list[str], np.ndarray] | None = None
+
+    def _nearest(self, surface: str) -> str | None:
+        if self.embed is None:
+            return None
+        if self._index is None:
+            surfaces = sorted({s for e in self.lexicon.entries.values() for s in e.surfaces})
+            self._index = (surfaces, self.embed(surfaces))
+        surfaces, matrix = self._index
+        sims = matrix @ self.embed([surface])[0]
+        best = int(np.argmax(sims))
+        if sims[best] < self.floor:
+            return None
+        return self.lexicon.normalize(surfaces[best], fuzzy=False)
+
+    def resolve(self, surface: str) -> tuple[str, bool]:
+        """(name, known): known is False when only the lower-cased surface is left."""
+        name = self.lexicon.normalize(surface) or self._nearest(surface)
+        if name is not None:
+            return name, True
+        return " ".join(surface.lower().split()), False
+
+    def __call__(self, surface: str) -> str:
+        return self.resolve(surface)[0]
