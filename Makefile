@@ -33,13 +33,15 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 demo: $(STAMP)
-	$(DSFHIR) config show
 	$(DSFHIR) db migrate
-	$(DSFHIR) db status
+	$(DSFHIR) model prepare
+	$(DSFHIR) index build
 	$(BIN)/python examples/demo.py
 
 bench: $(STAMP)
-	$(BIN)/dsfhir db migrate
+	$(DSFHIR) db migrate
+	$(DSFHIR) model prepare
+	$(DSFHIR) index build
 	$(BIN)/python -m bench.run
 
 clean:

@@ -20,7 +20,7 @@ from adapter.errors import ConfigError
 from extraction.api import EngineInfo, Extractor
 from extraction.corpus import load_corpus
 from extraction.lexicon import Lexicon
-from extraction.pipeline import NotePipeline
+from extraction.pipeline import NotePipeline, SentenceBackend
 from extraction.retrieval import ExampleIndex
 from extraction.rules import RulesBackend
 from extraction.tasks import Demo, task_version
@@ -97,6 +97,34 @@ def _adapter_name(path: Path | None) -> str:
     return path.name
 
 
+def encoder_base_dir(settings: Settings) -> Path:
+    from extraction.encoder.model import default_base_dir
+
+    base = settings.encoder.base
+    return settings.resolve(base) if base is not None else default_base_dir()
+
+
+def encoder_model_dir(settings: Settings) -> Path:
+    configured = settings.encoder.model_dir
+    return settings.resolve(configured) if configured else settings.state_dir / "encoder"
+
+
+def encoder_backend(settings: Settings, lexicon: Lexicon | None) -> SentenceBackend:
+    """The trained encoder backend as configured (threads, batch size, directories)."""
+    import torch
+
+    from extraction.encoder.backend import EncoderOptions, load_backend
+
+    torch.set_num_threads(settings.encoder.threads)
+    enc = settings.encoder
+    options = EncoderOptions(
+        batch_size=enc.batch_size,
+        known_only=enc.known_only,
+        lexicon_gate=settings.extraction.lexicon_gate,
+    )
+    return load_backend(encoder_model_dir(settings), encoder_base_dir(settings), lexicon, options)
+
+
 def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extractor:
     """The configured backend wrapped in the note pipeline."""
     ext = settings.extraction
@@ -104,6 +132,10 @@ def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extracto
     if ext.backend == "lexicon":
         backend = RulesBackend(lexicon, event_terms(settings))
         return NotePipeline(backend, ext.max_sentence_chars, ext.max_note_chars)
+    if ext.backend == "encoder":
+        return NotePipeline(
+            encoder_backend(settings, lexicon), ext.max_sentence_chars, ext.max_note_chars
+        )
     if ext.backend == "llm":
         return NotePipeline(
             _llm_backend(settings, pool, lexicon), ext.max_sentence_chars, ext.max_note_chars

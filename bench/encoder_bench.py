@@ -5,7 +5,7 @@ product's note pipeline, on ``dev.jsonl`` (each record as one text) and ``notes-
 (full notes); predictions are scored with the project evaluator. Results go to
 ``bench/results/encoder.json``. ``make bench`` calls :func:`run`; standalone::
 
-    python -m bench.encoder_bench [--backends encoder,lexicon] [--threads N]
+    python -m bench.encoder_bench [--backends encoder,lexicon] [--threads N] [--out FILE]
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def _sizes(backend: str, settings: Any) -> dict[str, Any]:
     from adapter.cli_encoder import base_dir, model_dir
 
     def mb(paths: list[Path]) -> float:
-        return round(sum(p.stat().st_size for p in paths if p.is_file()) / 1e6, 1)
+        return round(sum(p.stat().st_size for p in paths if p.is_file()) / 1e6, 3)
 
     lexicon = settings.resolve(settings.extraction.lexicon)
     if backend == "lexicon":
@@ -90,8 +90,6 @@ def _sizes(backend: str, settings: Any) -> dict[str, Any]:
 
 def measure(backend: str, threads: int) -> dict[str, Any]:
     """One backend, in this process: load, warm up, time dev sentences and notes, score."""
-    import torch
-
     from adapter.cli_encoder import sentence_backend
     from adapter.config import load_settings
     from extraction.corpus import load_corpus
@@ -102,7 +100,10 @@ def measure(backend: str, threads: int) -> dict[str, Any]:
     settings = load_settings(REPO / "config.toml")
     start = time.perf_counter()
     pipeline = NotePipeline(sentence_backend(settings, backend))
-    torch.set_num_threads(threads)
+    if backend != "lexicon":  # the rules need no torch: keep it out of their peak RSS
+        import torch
+
+        torch.set_num_threads(threads)
     load_s = time.perf_counter() - start
     dev, notes = _texts(DEV), _texts(NOTES)
     pipeline.extract([t for _, t in dev[:16]])  # warm-up: first-call allocations
@@ -161,12 +162,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--backends", default="encoder,lexicon")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         print(json.dumps(measure(args.worker, args.threads)))
         return
-    result = run(tuple(args.backends.split(",")), args.threads)
+    result = run(tuple(args.backends.split(",")), args.threads, args.out)
     print(json.dumps(result, indent=2))
 
 

