@@ -120,6 +120,7 @@ class ExtractionConfig(_Section):
     backend: Literal["llm", "encoder", "lexicon"] = "llm"
     te_mode: Literal["pipeline", "task"] = "pipeline"
     lexicon_gate: bool = True
+    known_only: bool = True
     max_sentence_chars: int = Field(600, ge=50)
     max_note_chars: int = Field(200_000, ge=100)
     lexicon: Path | None = Path("data/lexicon/supplements.tsv")
@@ -131,7 +132,6 @@ class EncoderConfig(_Section):
     model_dir: Path | None = None
     threads: int = Field(2, ge=1)
     batch_size: int = Field(32, ge=1)
-    known_only: bool = True
 
 
 class WritebackConfig(_Section):

@@ -119,7 +119,7 @@ def encoder_backend(settings: Settings, lexicon: Lexicon | None) -> SentenceBack
     enc = settings.encoder
     options = EncoderOptions(
         batch_size=enc.batch_size,
-        known_only=enc.known_only,
+        known_only=settings.extraction.known_only,
         lexicon_gate=settings.extraction.lexicon_gate,
     )
     return load_backend(encoder_model_dir(settings), encoder_base_dir(settings), lexicon, options)
@@ -170,6 +170,7 @@ def _llm_backend(
         k=settings.retrieval.k if use_retrieval else 0,
         te_mode=settings.extraction.te_mode,
         lexicon_gate=settings.extraction.lexicon_gate,
+        known_only=settings.extraction.known_only,
     )
     from extraction.llm_backend import LlmBackend
 

@@ -38,6 +38,7 @@ class LlmOptions:
     te_mode: str = "pipeline"  # "pipeline" (NER + RE) or "task" (the TE prompt)
     lexicon_gate: bool = True  # skip sentences with no lexicon candidate (cannot hold one)
     hints: bool = True
+    known_only: bool = True  # drop supplement mentions the lexicon cannot place
 
 
 class LlmBackend:
@@ -109,7 +110,10 @@ class LlmBackend:
             cursor = span[1]
             surface = text[span[0] : span[1]]
             if kind == "s":
-                norm = self.lexicon.normalize(surface) or (item[2] if len(item) > 2 else "")
+                known = self.lexicon.normalize(surface)
+                if known is None and self.opts.known_only:
+                    continue  # e.g. a prescription drug or a lab name taken for a supplement
+                norm = known or (item[2] if len(item) > 2 else "")
                 found.append(
                     Entity("", "supplement", *span, surface, norm.lower() or surface.lower())
                 )
