@@ -12,7 +12,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from extraction.tasks import END, Demo, Hinter, Instance, render_prompt
@@ -44,12 +44,6 @@ class TrainOptions:
 class Encoded:
     input_ids: list[int]
     labels: list[int]
-
-
-@dataclass
-class TrainState:
-    step: int = 0
-    losses: list[float] = field(default_factory=list)
 
 
 DemoLookup = Callable[[Sequence[Instance], int], Sequence[Sequence[Demo]]]
