@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool
 
 from adapter.cli_model import migrated_pool
 from adapter.config import Settings
-from adapter.engine import build_extractor
+from adapter.engine import BACKENDS, build_extractor, uses_retrieval
 from extraction.api import Extractor, NoteExtraction
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src.add_argument("--input", type=Path, help="JSONL with id and text per line")
     src.add_argument("--text", help="one text; prints a readable result")
     ex.add_argument("--output", type=Path, help="JSONL output (required with --input)")
-    ex.add_argument("--backend", choices=("llm", "encoder", "lexicon"), help="override config")
+    ex.add_argument("--backend", choices=BACKENDS, help="override config")
     ex.add_argument("--k", type=int, help="override retrieval.k (0 = no retrieval)")
     ex.add_argument("--adapter", help="override model.adapter ('none' = base model)")
     ex.add_argument("--te-mode", choices=("pipeline", "task"), help="override extraction.te_mode")
@@ -63,12 +63,7 @@ def overridden(args: argparse.Namespace, settings: Settings) -> Settings:
 @contextmanager
 def engine(settings: Settings) -> Iterator[Extractor]:
     """The configured extractor, with a database pool only when retrieval needs one."""
-    needs_db = (
-        settings.extraction.backend == "llm"
-        and settings.retrieval.enabled
-        and settings.retrieval.k > 0
-    )
-    if not needs_db:
+    if not uses_retrieval(settings):
         yield build_extractor(settings, None)
         return
     pool: ConnectionPool

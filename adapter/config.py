@@ -117,7 +117,7 @@ class RetrievalConfig(_Section):
 
 
 class ExtractionConfig(_Section):
-    backend: Literal["llm", "encoder", "lexicon"] = "llm"
+    backend: Literal["llm", "encoder", "lexicon", "encoder+llm", "llm+encoder"] = "llm"
     te_mode: Literal["pipeline", "task"] = "pipeline"
     lexicon_gate: bool = True
     known_only: bool = True

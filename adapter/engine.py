@@ -11,11 +11,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, get_args
 
 from psycopg_pool import ConnectionPool
 
-from adapter.config import Settings
+from adapter.config import ExtractionConfig, Settings
 from adapter.errors import ConfigError
 from extraction.api import EngineInfo, Extractor
 from extraction.corpus import load_corpus
@@ -26,9 +26,13 @@ from extraction.rules import RulesBackend
 from extraction.tasks import Demo, task_version
 
 if TYPE_CHECKING:
+    from extraction.encoder.backend import EncoderBackend
     from extraction.llm_backend import LlmBackend
 
 BASE_MODEL_DIRNAME = "smollm2-135m-instruct"
+# Every [extraction] backend value; hybrids are named "<NER backend>+<RE/UC backend>".
+BACKENDS: tuple[str, ...] = get_args(ExtractionConfig.model_fields["backend"].annotation)
+HYBRIDS = tuple(name for name in BACKENDS if "+" in name)
 
 
 def software_version() -> str:
@@ -109,7 +113,7 @@ def encoder_model_dir(settings: Settings) -> Path:
     return settings.resolve(configured) if configured else settings.state_dir / "encoder"
 
 
-def encoder_backend(settings: Settings, lexicon: Lexicon | None) -> SentenceBackend:
+def encoder_backend(settings: Settings, lexicon: Lexicon | None) -> EncoderBackend:
     """The trained encoder backend as configured (threads, batch size, directories)."""
     import torch
 
@@ -139,6 +143,10 @@ def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extracto
     if ext.backend == "llm":
         return NotePipeline(
             _llm_backend(settings, pool, lexicon), ext.max_sentence_chars, ext.max_note_chars
+        )
+    if ext.backend in HYBRIDS:
+        return NotePipeline(
+            _hybrid_backend(settings, pool, lexicon), ext.max_sentence_chars, ext.max_note_chars
         )
     raise ConfigError(f"[extraction] backend {ext.backend!r} is not available in this build")
 
@@ -175,3 +183,22 @@ def _llm_backend(
     from extraction.llm_backend import LlmBackend
 
     return LlmBackend(generator, retriever, lexicon, info, options)
+
+
+def uses_retrieval(settings: Settings) -> bool:
+    """Whether the configured engine reads demonstrations from the pgvector index."""
+    uses_llm = settings.extraction.backend in ("llm", *HYBRIDS)
+    return uses_llm and settings.retrieval.enabled and settings.retrieval.k > 0
+
+
+def _hybrid_backend(
+    settings: Settings, pool: ConnectionPool | None, lexicon: Lexicon
+) -> SentenceBackend:
+    from extraction.hybrid import HybridBackend, hybrid_info
+
+    encoder = encoder_backend(settings, lexicon)
+    llm = _llm_backend(settings, pool, lexicon)
+    name = settings.extraction.backend
+    if name == "encoder+llm":
+        return HybridBackend(encoder, llm, hybrid_info(name, encoder.info, llm.info))
+    return HybridBackend(llm, encoder, hybrid_info(name, llm.info, encoder.info))

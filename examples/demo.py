@@ -33,7 +33,7 @@ from adapter.cli import setup_logging
 from adapter.cli_sync import Runtime, lexicon_codes, report_lines, run_cycle
 from adapter.config import Settings, load_settings
 from adapter.db import connect, database_dsn, open_pool
-from adapter.engine import build_extractor, load_lexicon
+from adapter.engine import BACKENDS, build_extractor, load_lexicon
 from adapter.errors import DsfhirError, FhirFatalError
 from adapter.fhir_client import FhirClient
 from extraction.api import Extractor
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=None, help="dsfhir config file")
     parser.add_argument(
         "--backend",
-        choices=("llm", "encoder", "lexicon"),
+        choices=BACKENDS,
         help="extraction engine (default: the configured one, else the lexicon rules)",
     )
     args = parser.parse_args(argv)

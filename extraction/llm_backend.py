@@ -8,7 +8,7 @@ task itself (``te_mode``). Retrieval is keyed on the input alone.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -82,10 +82,7 @@ class LlmBackend:
         ents: dict[int, list[Entity]] = {}
         for i, out in zip(todo, outputs, strict=True):
             ents[i] = self._ground_ner(sentences[i], out, results[i])
-        usage = self._classify_usage(sentences, ents)
-        rels = self._classify_relations(sentences, ents)
-        if self.opts.te_mode == "task":
-            rels = self._te_task(sentences, ents, results)
+        usage, rels = self.classify(sentences, ents, results)
         for i, found in ents.items():
             results[i].record = Record(
                 f"s{i}", sentences[i], tuple(found), tuple(rels.get(i, ())), tuple(usage.get(i, ()))
@@ -127,6 +124,18 @@ class LlmBackend:
             for n, e in enumerate(found, 1)
         ]
 
+    def classify(
+        self,
+        sentences: Sequence[str],
+        ents: Mapping[int, list[Entity]],
+        results: list[SentenceResult],
+    ) -> tuple[dict[int, list[Usage]], dict[int, list[Relation]]]:
+        """UC for each supplement and RE (or TE) over entities found by any NER backend."""
+        usage = self._classify_usage(sentences, ents)
+        if self.opts.te_mode == "task":
+            return usage, self._te_task(sentences, ents, results)
+        return usage, self._classify_relations(sentences, ents)
+
     def _choose(self, task: str, marked: list[str]) -> list[str]:
         if not marked:
             return []
@@ -135,7 +144,7 @@ class LlmBackend:
         return [LABELS[task][p] for p in picks]
 
     def _classify_usage(
-        self, sentences: Sequence[str], ents: dict[int, list[Entity]]
+        self, sentences: Sequence[str], ents: Mapping[int, list[Entity]]
     ) -> dict[int, list[Usage]]:
         keys = [(i, e) for i, found in ents.items() for e in found if e.type == "supplement"]
         labels = self._choose("uc", [mark(sentences[i], e) for i, e in keys])
@@ -145,7 +154,7 @@ class LlmBackend:
         return out
 
     def _classify_relations(
-        self, sentences: Sequence[str], ents: dict[int, list[Entity]]
+        self, sentences: Sequence[str], ents: Mapping[int, list[Entity]]
     ) -> dict[int, list[Relation]]:
         keys = [
             (i, s, e)
@@ -161,7 +170,10 @@ class LlmBackend:
         return out
 
     def _te_task(
-        self, sentences: Sequence[str], ents: dict[int, list[Entity]], results: list[SentenceResult]
+        self,
+        sentences: Sequence[str],
+        ents: Mapping[int, list[Entity]],
+        results: list[SentenceResult],
     ) -> dict[int, list[Relation]]:
         """Relations from the TE prompt, attached to NER's entities by span overlap."""
         idx = [i for i, found in ents.items() if found]

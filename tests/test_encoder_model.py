@@ -27,8 +27,10 @@ from extraction.encoder.model import base_hash, build_model, default_base_dir, l
 from extraction.encoder.normalize import Normalizer, merged_lexicon
 from extraction.encoder.train import TrainResult, batch_loss, train
 from extraction.evaluate import Predictions, load_predictions, score_sentences
+from extraction.hybrid import HybridBackend, hybrid_info
 from extraction.lexicon import Lexicon
 from extraction.pipeline import NotePipeline
+from extraction.rules import RulesBackend
 from tests.conftest import REPO
 
 CORPUS = REPO / "data" / "corpus"
@@ -222,3 +224,39 @@ def test_regression_guard_on_a_fixed_dev_slice() -> None:
     assert report["uc"]["end_to_end"]["accuracy"] >= 0.79
     assert report["re"]["end_to_end"]["macro_f1"] >= 0.67
     assert report["te"]["strict"]["f1"] >= 0.65
+
+
+def _rules() -> RulesBackend:
+    train = load_corpus(CORPUS / "train.jsonl")
+    return RulesBackend(Lexicon.load(LEXICON), [e.text for r in train for e in r.events])
+
+
+def test_classify_over_its_own_entities_matches_predict(
+    reloaded: EncoderBackend, dev_slice: list[Record]
+) -> None:
+    texts = [r.text for r in dev_slice]
+    own = reloaded.predict(texts)
+    ents = {i: list(res.record.entities) for i, res in enumerate(own) if res.record.entities}
+    assert ents  # the slice has supplements the tiny model finds
+    usage, rels = reloaded.classify(texts, ents, own)
+    for i in ents:
+        assert usage.get(i, []) == list(own[i].record.usage)
+        assert rels.get(i, []) == list(own[i].record.relations)
+
+
+def test_reverse_hybrid_labels_another_backends_entities(
+    reloaded: EncoderBackend, dev_slice: list[Record]
+) -> None:
+    """llm+encoder's shape: any NER backend's entities, the encoder's RE/UC labels."""
+    rules = _rules()
+    info = hybrid_info("lexicon+encoder", rules.info, reloaded.info)
+    hybrid = HybridBackend(rules, reloaded, info)
+    texts = [r.text for r in dev_slice]
+    mixed, plain = hybrid.predict(texts), rules.predict(texts)
+    assert any(res.record.supplements for res in mixed)
+    for res, base in zip(mixed, plain, strict=True):
+        rec = parse_record(res.record.to_json())  # gold-format valid: ids, offsets, one status
+        assert rec.entities == base.record.entities  # NER is the rules backend's, untouched
+        assert {u.entity for u in rec.usage} == {s.id for s in rec.supplements}
+        assert all(rec.entity(r.head).type == "supplement" for r in rec.relations)
+    assert hybrid.info.backend == "lexicon+encoder" and "+" in hybrid.info.adapter

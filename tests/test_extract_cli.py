@@ -67,3 +67,12 @@ def test_extract_needs_output_with_input(config: Path, tmp_path: Path) -> None:
     src = tmp_path / "in.jsonl"
     src.write_text("")
     assert main(["--config", str(config), "extract", "--input", str(src)]) == 2
+
+
+@pytest.mark.parametrize("backend", ["encoder+llm", "llm+encoder"])
+def test_hybrid_without_a_trained_encoder_says_what_to_run(
+    backend: str, config: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["--config", str(config), "extract", "--backend", backend, "--k", "0", "--text", "x y"]
+    assert main(argv) == 1
+    assert "dsfhir encoder train" in capsys.readouterr().err

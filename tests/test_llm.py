@@ -135,3 +135,25 @@ def test_shipped_adapter_beats_the_base_model_on_a_dev_slice(
         scores[name] = (report["ner"]["strict"]["f1"], report["uc"]["end_to_end"]["accuracy"])
     assert scores["shipped"][0] >= scores["base"][0] + 0.3, scores
     assert scores["shipped"][1] > scores["base"][1], scores
+
+
+def test_llm_labels_entities_found_by_another_backend(base_dir: Path, lexicon: Lexicon) -> None:
+    """encoder+llm's shape: the LLM scores RE/UC over entities it did not find itself."""
+    from extraction.corpus import parse_record
+    from extraction.hybrid import HybridBackend, hybrid_info
+    from extraction.rules import RulesBackend
+
+    gold = [r for r in load_corpus(REPO / "data/corpus/dev.jsonl") if r.events][:4]
+    rules = RulesBackend(lexicon, [e.text for r in gold for e in r.events])
+    llm = _backend(load_model(base_dir, None), lexicon)
+    hybrid = HybridBackend(rules, llm, hybrid_info("lexicon+llm", rules.info, llm.info))
+    texts = [g.text for g in gold]
+    mixed, plain = hybrid.predict(texts), rules.predict(texts)
+    pairs = 0
+    for res, base in zip(mixed, plain, strict=True):
+        rec = parse_record(res.record.to_json())
+        assert rec.entities == base.record.entities
+        assert {u.entity for u in rec.usage} == {s.id for s in rec.supplements}
+        pairs += len(rec.supplements) * len(rec.events)
+    assert pairs > 0  # RE was asked for at least one supplement x event pair
+    assert llm.gen.generated_tokens == 0  # label scoring only: nothing decoded

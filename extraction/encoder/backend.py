@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -105,17 +106,35 @@ class EncoderBackend:
             for i, text in enumerate(sentences)
         ]  # fmt: skip
 
-    def _records(self, sentences: Sequence[str]) -> list[Record]:
+    @contextmanager
+    def _inference(self) -> Iterator[None]:
         was_training = self.model.training
         self.model.eval()
         try:
             with torch.inference_mode():
-                encs = [encode(self.tokenizer, s, INFER_MAX_LENGTH) for s in sentences]
-                entities = [self._entities(text, ents) for text, ents in zip(
-                    sentences, self._ner(encs), strict=True)]  # fmt: skip
-                usage, relations = self._classify(encs, entities)
+                yield
         finally:
             self.model.train(was_training)
+
+    def classify(
+        self,
+        sentences: Sequence[str],
+        ents: Mapping[int, list[Entity]],
+        results: list[SentenceResult],
+    ) -> tuple[dict[int, list[Usage]], dict[int, list[Relation]]]:
+        """UC and RE over entities found by another NER backend (the reverse hybrid)."""
+        idx = [i for i, found in ents.items() if found]
+        with self._inference():
+            encs = [encode(self.tokenizer, sentences[i], INFER_MAX_LENGTH) for i in idx]
+            usage, relations = self._classify(encs, [ents[i] for i in idx])
+        return dict(zip(idx, usage, strict=True)), dict(zip(idx, relations, strict=True))
+
+    def _records(self, sentences: Sequence[str]) -> list[Record]:
+        with self._inference():
+            encs = [encode(self.tokenizer, s, INFER_MAX_LENGTH) for s in sentences]
+            entities = [self._entities(text, ents) for text, ents in zip(
+                sentences, self._ner(encs), strict=True)]  # fmt: skip
+            usage, relations = self._classify(encs, entities)
         return [
             Record("", text, tuple(ents), tuple(rels), tuple(uses))
             for text, ents, uses, rels in zip(sentences, entities, usage, relations, strict=True)
