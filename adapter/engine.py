@@ -19,6 +19,7 @@ from adapter.config import ExtractionConfig, Settings
 from adapter.errors import ConfigError
 from extraction.api import EngineInfo, Extractor
 from extraction.corpus import load_corpus
+from extraction.errors import ModelLoadError
 from extraction.lexicon import Lexicon
 from extraction.pipeline import NotePipeline, SentenceBackend
 from extraction.retrieval import ExampleIndex
@@ -92,12 +93,18 @@ def open_index(settings: Settings, pool: ConnectionPool) -> ExampleIndex:
 
 
 def _adapter_name(path: Path | None) -> str:
+    """``name@sha`` of the adapter (per-task: ``name[ner@sha,re@sha,...]``) for provenance."""
+    from extraction.llm import task_adapter_dirs
+
     if path is None:
         return "none"
     manifest = path / "manifest.json"
     if manifest.is_file():
         data = json.loads(manifest.read_text())
         return f"{path.name}@{str(data.get('adapter_sha256', ''))[:12]}"
+    per_task = task_adapter_dirs(path)
+    if per_task:
+        return f"{path.name}[{','.join(_adapter_name(d) for d in per_task.values())}]"
     return path.name
 
 
@@ -164,6 +171,7 @@ def _llm_backend(
     loaded = load_model(
         base, adapter, settings.model.device, settings.model.dtype, settings.model.threads
     )
+    _check_task_adapters(settings, adapter, loaded.task_adapters)
     generator = Generator(loaded, settings.model.batch_size, settings.model.max_new_tokens)
     use_retrieval = settings.retrieval.enabled and settings.retrieval.k > 0 and pool is not None
     retriever = IndexRetriever(open_index(settings, pool) if use_retrieval and pool else None)
@@ -202,3 +210,18 @@ def _hybrid_backend(
     if name == "encoder+llm":
         return HybridBackend(encoder, llm, hybrid_info(name, encoder.info, llm.info))
     return HybridBackend(llm, encoder, hybrid_info(name, llm.info, encoder.info))
+
+
+def _check_task_adapters(settings: Settings, adapter: Path | None, tasks: Sequence[str]) -> None:
+    """Per-task adapters must cover every task this engine will ask the LLM for."""
+    if not tasks:
+        return
+    ext = settings.extraction
+    needed = {"uc", "te"} if ext.te_mode == "task" else {"uc", "re"}
+    if ext.backend in ("llm", "llm+encoder"):
+        needed.add("ner")
+    if ext.backend == "llm+encoder":
+        needed -= {"uc", "re", "te"}
+    missing = sorted(needed - set(tasks))
+    if missing:
+        raise ModelLoadError(f"per-task adapters in {adapter} lack {', '.join(missing)}")

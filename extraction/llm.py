@@ -85,6 +85,27 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     device: str
+    # Per-task adapters kept unmerged, one active at a time; empty = one (merged) model.
+    task_adapters: tuple[str, ...] = ()
+
+    def use(self, task: str) -> None:
+        """Activate ``task``'s adapter (per-task adapters only; a shared one is merged in)."""
+        if not self.task_adapters:
+            return
+        if task not in self.task_adapters:
+            raise ModelLoadError(
+                f"no adapter for task {task!r} (per-task adapters: {', '.join(self.task_adapters)})"
+            )
+        self.model.set_adapter(task)
+
+
+def task_adapter_dirs(adapter_dir: Path) -> dict[str, Path]:
+    """``{task: dir}`` when ``adapter_dir`` holds per-task adapters (``train --per-task``)."""
+    return {
+        sub.name: sub
+        for sub in sorted(adapter_dir.iterdir())
+        if (sub / "adapter_config.json").is_file()
+    } if adapter_dir.is_dir() else {}  # fmt: skip
 
 
 def load_model(
@@ -109,15 +130,28 @@ def load_model(
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     model = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch_dtype, local_files_only=True)
+    tasks: tuple[str, ...] = ()
     if adapter_dir is not None:
-        from peft import PeftModel
-
-        if not (adapter_dir / "adapter_config.json").is_file():
-            raise ModelLoadError(f"no LoRA adapter in {adapter_dir}")
-        model = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+        model, tasks = _with_adapters(model, adapter_dir)
     model.to(device)  # type: ignore[arg-type]  # transformers' stub mis-types .to()
     model.eval()  # type: ignore[no-untyped-call]
-    return LoadedModel(model, tok, device)
+    return LoadedModel(model, tok, device, tasks)
+
+
+def _with_adapters(model: Any, adapter_dir: Path) -> tuple[Any, tuple[str, ...]]:
+    """A shared adapter merged into the weights, or per-task adapters loaded side by side."""
+    from peft import PeftModel
+
+    if (adapter_dir / "adapter_config.json").is_file():
+        return PeftModel.from_pretrained(model, adapter_dir).merge_and_unload(), ()
+    per_task = task_adapter_dirs(adapter_dir)
+    if not per_task:
+        raise ModelLoadError(f"no LoRA adapter in {adapter_dir}")
+    (first, first_dir), *rest = per_task.items()
+    model = PeftModel.from_pretrained(model, first_dir, adapter_name=first)
+    for task, path in rest:
+        model.load_adapter(path, adapter_name=task)
+    return model, tuple(per_task)
 
 
 class Generator:

@@ -78,6 +78,7 @@ class LlmBackend:
             i for i, s in enumerate(sentences)
             if not self.opts.lexicon_gate or self.lexicon.find_mentions(s)
         ]  # fmt: skip
+        self.gen.loaded.use("ner")
         outputs = self.gen.generate(self._prompts("ner", [sentences[i] for i in todo]))
         ents: dict[int, list[Entity]] = {}
         for i, out in zip(todo, outputs, strict=True):
@@ -140,6 +141,7 @@ class LlmBackend:
         if not marked:
             return []
         prompts = [p + ANSWER_PREFIX[task] for p in self._prompts(task, marked)]
+        self.gen.loaded.use(task)
         picks = self.gen.choose(prompts, self._option_ids[task])
         return [LABELS[task][p] for p in picks]
 
@@ -177,6 +179,7 @@ class LlmBackend:
     ) -> dict[int, list[Relation]]:
         """Relations from the TE prompt, attached to NER's entities by span overlap."""
         idx = [i for i, found in ents.items() if found]
+        self.gen.loaded.use("te")
         outputs = self.gen.generate(self._prompts("te", [sentences[i] for i in idx]))
         out: dict[int, list[Relation]] = {}
         for i, output in zip(idx, outputs, strict=True):

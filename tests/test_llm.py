@@ -157,3 +157,36 @@ def test_llm_labels_entities_found_by_another_backend(base_dir: Path, lexicon: L
         pairs += len(rec.supplements) * len(rec.events)
     assert pairs > 0  # RE was asked for at least one supplement x event pair
     assert llm.gen.generated_tokens == 0  # label scoring only: nothing decoded
+
+
+def test_per_task_adapters_switch_by_task(
+    base_dir: Path, tiny_adapter: tuple[Path, object], lexicon: Lexicon, tmp_path: Path
+) -> None:
+    """`train --per-task` output: each task runs on its own adapter, unmerged, one at a time."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from extraction.errors import ModelLoadError
+
+    path, _ = tiny_adapter
+    shutil.copytree(path, tmp_path / "ner")
+    shutil.copytree(path, tmp_path / "uc")
+    weights = tmp_path / "uc" / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    # lora_B = 0 makes the "uc" adapter an exact no-op: that task must behave like the base.
+    save_file({k: v * 0 if "lora_B" in k else v for k, v in tensors.items()}, weights)
+    per_task = load_model(base_dir, tmp_path)
+    assert per_task.task_adapters == ("ner", "uc")
+    sentences = ["Takes fish oil for high triglycerides.", "Stopped ginkgo after easy bruising."]
+    gen = _backend(per_task, lexicon).gen
+    per_task.use("ner")
+    assert gen.generate(sentences) == _backend(load_model(base_dir, path), lexicon).gen.generate(
+        sentences
+    )
+    per_task.use("uc")
+    assert gen.generate(sentences) == _backend(load_model(base_dir, None), lexicon).gen.generate(
+        sentences
+    )
+    with pytest.raises(ModelLoadError, match="no adapter for task 're'"):
+        per_task.use("re")
