@@ -30,6 +30,12 @@ RUNS: dict[str, list[str]] = {
     "ft-k3": ["--backend", "llm", "--k", "3"],
     "ft-k3-te-task": ["--backend", "llm", "--k", "3", "--te-mode", "task"],
     "ft-k3-nogate": ["--backend", "llm", "--k", "3", "--no-gate"],
+    "per-task-k0": ["--backend", "llm", "--k", "0", "--adapter", "{per_task}"],
+    "per-task-k1": ["--backend", "llm", "--k", "1", "--adapter", "{per_task}"],
+    "per-task-k3": ["--backend", "llm", "--k", "3", "--adapter", "{per_task}"],
+    "hybrid-k0": ["--backend", "encoder+llm", "--k", "0"],
+    "hybrid-k3": ["--backend", "encoder+llm", "--k", "3"],
+    "reverse-hybrid-k0": ["--backend", "llm+encoder", "--k", "0"],
 }
 
 
@@ -45,12 +51,18 @@ def _slice(src: Path, limit: int, dst: Path) -> Path:
     return dst
 
 
-def run(name: str, limit: int, notes: bool) -> dict[str, Any]:
+def _shipped_adapter() -> str:
+    manifest = REPO / "models" / "ramie-smollm2" / "manifest.json"
+    return str(json.loads(manifest.read_text()).get("adapter_sha256", ""))[:12]
+
+
+def run(name: str, limit: int, notes: bool, per_task: Path, notes_limit: int = 0) -> dict[str, Any]:
     OUT.mkdir(parents=True, exist_ok=True)
+    extra = [arg.replace("{per_task}", str(per_task)) for arg in RUNS[name]]
     gold = _slice(REPO / "data/corpus/dev.jsonl", limit, OUT / f"dev-{limit}.jsonl")
     pred = OUT / f"{name}.dev.pred.jsonl"
     started = time.monotonic()
-    _dsfhir("extract", *RUNS[name], "--input", str(gold), "--output", str(pred))
+    _dsfhir("extract", *extra, "--input", str(gold), "--output", str(pred))
     seconds = time.monotonic() - started
     _dsfhir(
         "evaluate",
@@ -63,14 +75,21 @@ def run(name: str, limit: int, notes: bool) -> dict[str, Any]:
     )
     row: dict[str, Any] = {
         "run": name,
+        "extract_args": extra,
+        "shipped_adapter": _shipped_adapter(),
         "dev_records": limit or "all",
         "dev_seconds": round(seconds, 1),
     }
     row["dev"] = json.loads((OUT / f"{name}.dev.json").read_text())
     if notes:
         npred = OUT / f"{name}.notes.pred.jsonl"
-        gold_notes = REPO / "data/corpus/notes-dev.jsonl"
-        _dsfhir("extract", *RUNS[name], "--input", str(gold_notes), "--output", str(npred))
+        gold_notes = _slice(
+            REPO / "data/corpus/notes-dev.jsonl", notes_limit, OUT / f"notes-{notes_limit}.jsonl"
+        )
+        started = time.monotonic()
+        _dsfhir("extract", *extra, "--input", str(gold_notes), "--output", str(npred))
+        row["notes_records"] = notes_limit or "all"
+        row["notes_seconds"] = round(time.monotonic() - started, 1)
         report = OUT / f"{name}.notes.json"
         _dsfhir(
             "evaluate",
@@ -111,11 +130,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="rules,ft-k0,ft-k1,ft-k3")
     parser.add_argument("--limit", type=int, default=0, help="first N dev sentences (0 = all)")
     parser.add_argument("--no-notes", action="store_true")
+    parser.add_argument("--notes-limit", type=int, default=0, help="first N dev notes (0 = all)")
+    parser.add_argument(
+        "--per-task",
+        type=Path,
+        default=REPO / ".dsfhir" / "adapters" / "per-task",
+        help="directory of per-task adapters (dsfhir train --per-task --out DIR)",
+    )
     args = parser.parse_args(argv)
     summary_path = REPO / "bench" / "results" / "ablations.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     for name in args.runs.split(","):
-        row = run(name, args.limit, not args.no_notes)
+        row = run(name, args.limit, not args.no_notes, args.per_task, args.notes_limit)
         summary[name] = row
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
         print(headline(row), flush=True)
