@@ -13,6 +13,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from adapter.config import Settings
 from adapter.engine import encoder_base_dir, encoder_model_dir
@@ -33,7 +34,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     enc_sub = enc.add_subparsers(dest="encoder_command", required=True, metavar="ACTION")
     train = enc_sub.add_parser("train", help="fine-tune the multi-task encoder (CPU, ~15 min)")
     _train_args(train)
-    train.set_defaults(handler=_train)
+    train.set_defaults(handler=train_encoder)
     info = enc_sub.add_parser("info", help="print the trained model's manifest summary")
     info.set_defaults(handler=_info)
 
@@ -63,23 +64,36 @@ def project_lexicon(settings: Settings) -> Lexicon | None:
     return Lexicon.load(settings.resolve(path))
 
 
-def _train(args: argparse.Namespace, settings: Settings) -> int:
+def _config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
+    """The training config from flags; a flag left unset (None) keeps the encoder default."""
+    d = TrainConfig()
+
+    def given(name: str, default: Any) -> Any:
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    return TrainConfig(
+        epochs=int(given("epochs", d.epochs)),
+        batch_size=given("batch_size", d.batch_size),
+        learning_rate=given("lr", d.learning_rate),
+        max_length=given("max_length", d.max_length),
+        seed=given("seed", d.seed),
+        threads=args.threads or settings.encoder.threads,
+        checkpoint_every=given("checkpoint_every", d.checkpoint_every),
+        max_steps=args.max_steps,
+    )
+
+
+def train_encoder(args: argparse.Namespace, settings: Settings) -> int:
+    """``dsfhir encoder train`` and ``dsfhir train --backend encoder``."""
     from extraction.encoder.normalize import LazyEmbedder
     from extraction.encoder.train import train
 
-    cfg = TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        learning_rate=args.lr,
-        max_length=args.max_length,
-        seed=args.seed,
-        threads=args.threads or settings.encoder.threads,
-        checkpoint_every=args.checkpoint_every,
-        max_steps=args.max_steps,
-    )
+    cfg = _config(args, settings)
     base = encoder_base_dir(settings)
     out = args.out or encoder_model_dir(settings)
-    dev = load_corpus(args.dev) if args.dev else []
+    dev_path = getattr(args, "dev", None) or DEFAULT_DEV
+    dev = load_corpus(dev_path) if dev_path.is_file() else []
     result = train(
         base, load_corpus(args.train), dev, out, cfg,
         lexicon=project_lexicon(settings), embed=LazyEmbedder(base),

@@ -10,14 +10,17 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypeVar
 
 from psycopg_pool import ConnectionPool
 
 from adapter import migrate
+from adapter.cli_encoder import DEFAULT_DEV, train_encoder
 from adapter.config import Settings
 from adapter.db import connect, database_dsn, open_pool
 from adapter.engine import base_model_dir, load_lexicon, open_index
 from extraction.corpus import load_corpus
+from extraction.encoder.config import TrainConfig
 from extraction.llm import base_identity, file_sha256, prepare_base
 from extraction.retrieval import Example
 from extraction.tasks import TASKS, Demo, Instance, instances, task_version
@@ -26,6 +29,11 @@ from extraction.training import TrainOptions, build_encoded, options_json, selec
 
 log = logging.getLogger(__name__)
 DEFAULT_TRAIN = Path("data/corpus/train.jsonl")
+T = TypeVar("T")
+
+
+def _given(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -45,25 +53,39 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _train_args(p: argparse.ArgumentParser) -> None:
-    d = TrainOptions()
+    d, e = TrainOptions(), TrainConfig()
+    p.add_argument(
+        "--backend",
+        choices=("llm", "encoder"),
+        default="llm",
+        help="llm: the LoRA adapter (default); encoder: the encoder backend (= encoder train)",
+    )
     p.add_argument("--train", type=Path, default=DEFAULT_TRAIN, help="training corpus")
-    p.add_argument("--out", type=Path, help="adapter output dir (default: model.adapter)")
+    p.add_argument("--out", type=Path, help="output dir (default: model.adapter / encoder dir)")
     p.add_argument("--tasks", default=",".join(d.tasks), help="comma list; one adapter")
     p.add_argument("--per-task", action="store_true", help="one adapter per task (out/<task>)")
     p.add_argument("--rank", type=int, default=d.rank)
     p.add_argument("--alpha", type=int, default=d.alpha)
     p.add_argument("--targets", default=",".join(d.targets))
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--epochs", type=float, default=d.epochs)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--max-length", type=int, default=d.max_length)
+    # Shared with the encoder, whose defaults differ: None = the chosen backend's default.
+    p.add_argument("--lr", type=float, help=f"LLM {d.lr}, encoder {e.learning_rate}")
+    p.add_argument("--epochs", type=float, help=f"LLM {d.epochs}, encoder {e.epochs}")
+    p.add_argument("--batch-size", type=int, help=f"LLM {d.batch_size}, encoder {e.batch_size}")
+    p.add_argument("--max-length", type=int, help=f"LLM {d.max_length}, encoder {e.max_length}")
     p.add_argument("--train-k", default=",".join(map(str, d.train_k)), help="demos per prompt")
     p.add_argument(
         "--max-per-task", default="", help="caps, e.g. ner=800,re=400 or 500 for every task"
     )
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    p.add_argument("--threads", type=int, help="torch threads (default: model.threads)")
+    p.add_argument("--seed", type=int, help=f"LLM {d.seed}, encoder {e.seed}")
+    p.add_argument(
+        "--checkpoint-every",
+        type=int,
+        help=f"LLM {d.checkpoint_every}, encoder {e.checkpoint_every}",
+    )
+    p.add_argument("--threads", type=int, help="torch threads (default: model/encoder threads)")
+    p.add_argument("--dev", type=Path, help=f"encoder: dev corpus scored per epoch ({DEFAULT_DEV})")
+    p.add_argument("--max-steps", type=int, help="encoder: stop after this many steps")
+    p.add_argument("--resume", action="store_true", help="encoder: continue (the LLM always does)")
 
 
 @contextmanager
@@ -105,19 +127,20 @@ def _index_build(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _options(args: argparse.Namespace, tasks: Sequence[str]) -> TrainOptions:
+    d = TrainOptions()
     return TrainOptions(
         rank=args.rank,
         alpha=args.alpha,
         targets=tuple(args.targets.split(",")),
-        lr=args.lr,
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        seed=args.seed,
+        lr=_given(args.lr, d.lr),
+        epochs=_given(args.epochs, d.epochs),
+        batch_size=_given(args.batch_size, d.batch_size),
+        max_length=_given(args.max_length, d.max_length),
+        seed=_given(args.seed, d.seed),
         train_k=tuple(int(k) for k in args.train_k.split(",")),
         max_per_task=_caps(args.max_per_task, tasks),
         tasks=tuple(tasks),
-        checkpoint_every=args.checkpoint_every,
+        checkpoint_every=_given(args.checkpoint_every, d.checkpoint_every),
     )
 
 
@@ -134,6 +157,9 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
     from extraction.train_loop import train_lora
+
+    if args.backend == "encoder":
+        return train_encoder(args, settings)
 
     # On a busy machine one thread beats two: oversubscribed cores spin instead of working.
     torch.set_num_threads(args.threads or settings.model.threads)

@@ -260,3 +260,24 @@ def test_reverse_hybrid_labels_another_backends_entities(
         assert {u.entity for u in rec.usage} == {s.id for s in rec.supplements}
         assert all(rec.entity(r.head).type == "supplement" for r in rec.relations)
     assert hybrid.info.backend == "lexicon+encoder" and "+" in hybrid.info.adapter
+
+
+def test_dsfhir_train_backend_encoder_uses_encoder_defaults(tmp_path: Path) -> None:
+    """`dsfhir train --backend encoder` = `dsfhir encoder train`; unset flags keep its defaults."""
+    from adapter.cli import main
+    from extraction.encoder.config import TrainConfig
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'[paths]\nstate_dir = "{tmp_path / "state"}"\n[extraction]\nlexicon = "{LEXICON}"\n'
+    )
+    gold = REPO / "tests" / "data" / "eval_gold.jsonl"
+    out = tmp_path / "enc"
+    argv = ["--config", str(cfg), "train", "--backend", "encoder", "--train", str(gold),
+            "--dev", str(gold), "--out", str(out), "--epochs", "1", "--max-steps", "2",
+            "--threads", "1", "--lr", "1e-4"]  # fmt: skip
+    assert main(argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["steps"] == 2
+    assert manifest["config"]["learning_rate"] == 1e-4
+    assert manifest["config"]["batch_size"] == TrainConfig().batch_size  # not the LLM's default
