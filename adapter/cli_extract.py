@@ -39,6 +39,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ex.add_argument("--adapter", help="override model.adapter ('none' = base model)")
     ex.add_argument("--te-mode", choices=("pipeline", "task"), help="override extraction.te_mode")
     ex.add_argument("--no-gate", action="store_true", help="run the model on every sentence")
+    ex.add_argument(
+        "--lexicon-floor",
+        action=argparse.BooleanOptionalAction,
+        help="override extraction.lexicon_floor",
+    )
     ex.set_defaults(handler=_extract)
 
 
@@ -51,6 +56,8 @@ def overridden(args: argparse.Namespace, settings: Settings) -> Settings:
         ext["te_mode"] = args.te_mode
     if args.no_gate:
         ext["lexicon_gate"] = False
+    if args.lexicon_floor is not None:
+        ext["lexicon_floor"] = args.lexicon_floor
     update: dict[str, Any] = {"extraction": settings.extraction.model_copy(update=ext)}
     if args.k is not None:
         update["retrieval"] = settings.retrieval.model_copy(update={"k": args.k})

@@ -121,6 +121,7 @@ class ExtractionConfig(_Section):
     te_mode: Literal["pipeline", "task"] = "pipeline"
     lexicon_gate: bool = True
     known_only: bool = True
+    lexicon_floor: bool = False
     max_sentence_chars: int = Field(600, ge=50)
     max_note_chars: int = Field(200_000, ge=100)
     lexicon: Path | None = Path("data/lexicon/supplements.tsv")

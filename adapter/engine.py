@@ -132,6 +132,7 @@ def encoder_backend(settings: Settings, lexicon: Lexicon | None) -> EncoderBacke
         batch_size=enc.batch_size,
         known_only=settings.extraction.known_only,
         lexicon_gate=settings.extraction.lexicon_gate,
+        lexicon_floor=settings.extraction.lexicon_floor,
     )
     return load_backend(encoder_model_dir(settings), encoder_base_dir(settings), lexicon, options)
 
@@ -187,6 +188,7 @@ def _llm_backend(
         te_mode=settings.extraction.te_mode,
         lexicon_gate=settings.extraction.lexicon_gate,
         known_only=settings.extraction.known_only,
+        lexicon_floor=settings.extraction.lexicon_floor,
     )
     from extraction.llm_backend import LlmBackend
 

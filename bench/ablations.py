@@ -4,7 +4,7 @@ Each configuration runs the real CLI on the dev sentences (optionally a fixed pr
 and on the dev notes, then scores with the evaluator; the JSON reports land in
 ``bench/results/ablations/`` and a summary in ``bench/results/ablations.json``.
 
-    python -m bench.ablations --runs rules,ft-k0,ft-k1,ft-k3 [--limit 150]
+    python -m bench.ablations --runs rules,ft-k0,ft-k1,ft-k3,ft-k1+floor [--limit 150]
 """
 
 from __future__ import annotations
@@ -58,7 +58,10 @@ def _shipped_adapter() -> str:
 
 def run(name: str, limit: int, notes: bool, per_task: Path, notes_limit: int = 0) -> dict[str, Any]:
     OUT.mkdir(parents=True, exist_ok=True)
-    extra = [arg.replace("{per_task}", str(per_task)) for arg in RUNS[name]]
+    # "<run>+floor": the same run with the lexicon floor under the model's supplements.
+    base, floor = (name[: -len("+floor")], True) if name.endswith("+floor") else (name, False)
+    extra = [arg.replace("{per_task}", str(per_task)) for arg in RUNS[base]]
+    extra += ["--lexicon-floor"] if floor else []
     gold = _slice(REPO / "data/corpus/dev.jsonl", limit, OUT / f"dev-{limit}.jsonl")
     pred = OUT / f"{name}.dev.pred.jsonl"
     started = time.monotonic()

@@ -18,6 +18,7 @@ from extraction.lexicon import Lexicon
 from extraction.llm import Generator
 from extraction.parsing import find_span, parse_list
 from extraction.pipeline import SentenceResult
+from extraction.rules import product_mentions, with_lexicon_floor
 from extraction.tasks import ANSWER_PREFIX, LABELS, Demo, mark, render_prompt
 
 
@@ -39,6 +40,7 @@ class LlmOptions:
     lexicon_gate: bool = True  # skip sentences with no lexicon candidate (cannot hold one)
     hints: bool = True
     known_only: bool = True  # drop supplement mentions the lexicon cannot place
+    lexicon_floor: bool = False  # lexicon products the model missed are added, spans snapped
 
 
 class LlmBackend:
@@ -117,6 +119,8 @@ class LlmBackend:
                 )
             else:
                 found.append(Entity("", "event", *span, surface))
+        if self.opts.lexicon_floor:
+            found = with_lexicon_floor(found, product_mentions(self.lexicon, text))
         if not any(e.type == "supplement" for e in found):
             return []  # events exist only beside a supplement (guidelines §4)
         found.sort(key=lambda e: e.start)

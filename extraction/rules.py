@@ -52,6 +52,34 @@ _ADVERSE = re.compile(
 )
 
 
+def product_mentions(lexicon: Lexicon, text: str) -> list[Entity]:
+    """Lexicon hits that name a product taken (not a level, deficiency, diet or infusion)."""
+    out = []
+    for start, end, name in lexicon.find_mentions(text):
+        if _NOT_PRODUCT_AFTER.match(text[end:]) or _NOT_PRODUCT_BEFORE.search(text[:start]):
+            continue
+        out.append(Entity("", "supplement", start, end, text[start:end], name))
+    return out
+
+
+def with_lexicon_floor(found: Sequence[Entity], products: Sequence[Entity]) -> list[Entity]:
+    """A model's entities with the lexicon as a floor for supplements.
+
+    A model supplement overlapping a lexicon product takes the lexicon's span and name
+    (boundary errors such as "fish oil 1 g" are the commonest strict-match miss); a lexicon
+    product the model left out is added, unless it overlaps something the model did tag
+    (an event such as "iron deficiency"). Ids are left for the caller to assign.
+    """
+    out = list(found)
+    for prod in products:
+        hits = [i for i, e in enumerate(out) if e.start < prod.end and prod.start < e.end]
+        if not hits:
+            out.append(prod)
+        elif len(hits) == 1 and out[hits[0]].type == "supplement":
+            out[hits[0]] = prod
+    return sorted(out, key=lambda e: e.start)
+
+
 def _gazetteer(terms: Iterable[str]) -> re.Pattern[str]:
     unique = sorted({t.strip().lower() for t in terms if len(t.strip()) > 2}, key=len, reverse=True)
     body = "|".join(re.escape(t) for t in unique) or r"(?!x)x"
@@ -73,12 +101,7 @@ class RulesBackend:
         return [SentenceResult(self._one(i, s)) for i, s in enumerate(sentences)]
 
     def _supplements(self, text: str) -> list[Entity]:
-        out = []
-        for start, end, name in self.lexicon.find_mentions(text):
-            if _NOT_PRODUCT_AFTER.match(text[end:]) or _NOT_PRODUCT_BEFORE.search(text[:start]):
-                continue
-            out.append(Entity("", "supplement", start, end, text[start:end], name))
-        return out
+        return product_mentions(self.lexicon, text)
 
     def _one(self, idx: int, text: str) -> Record:
         supps = self._supplements(text)

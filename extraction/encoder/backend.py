@@ -36,6 +36,7 @@ from extraction.encoder.tokens import Encoding, Marked, decode, encode, mark
 from extraction.errors import ModelLoadError
 from extraction.lexicon import Lexicon
 from extraction.pipeline import SentenceResult
+from extraction.rules import product_mentions, with_lexicon_floor
 
 ENCODER_TASK_VERSION = "encoder-1"
 MANIFEST = "manifest.json"
@@ -69,6 +70,7 @@ class EncoderOptions:
     batch_size: int = 32
     known_only: bool = True
     lexicon_gate: bool = False
+    lexicon_floor: bool = False  # see extraction.rules.with_lexicon_floor
 
 
 class EncoderBackend:
@@ -166,6 +168,9 @@ class EncoderBackend:
                 if self.options.known_only and not known:
                     continue
             found.append(Entity("", etype, start, end, surface, norm))
+        lexicon = self.normalizer.lexicon
+        if self.options.lexicon_floor and lexicon is not None:
+            found = with_lexicon_floor(found, product_mentions(lexicon, text))
         if not any(e.type == "supplement" for e in found):
             return []  # events exist only beside a supplement (guidelines §4)
         return [
