@@ -186,30 +186,34 @@ class Generator:
         return outputs
 
     def _greedy(self, texts: list[str]) -> list[str]:
+        """Greedy decoding; a row that has finished leaves the batch (and the KV cache), so
+        short answers stop costing compute while the longest one is still being written."""
         import torch
 
         enc = self._encode(texts)
         mask = enc["attention_mask"]
         model = self.loaded.model
-        done = torch.zeros(len(texts), dtype=torch.bool, device=mask.device)
-        tokens: list[Any] = []
+        seqs: list[list[int]] = [[] for _ in texts]
+        alive = torch.arange(len(texts), device=mask.device)
         with torch.inference_mode():
             # Left padding: positions must count real tokens only, as in training.
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
             out = model(
                 input_ids=enc["input_ids"],
                 attention_mask=mask,
-                position_ids=pos,
+                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
                 use_cache=True,
                 logits_to_keep=1,  # only the last position's vocabulary projection is needed
             )
             for _ in range(self.max_new_tokens):
                 nxt = out.logits[:, -1, :].argmax(dim=-1)
-                nxt = torch.where(done, torch.full_like(nxt, self.eos_id), nxt)
-                tokens.append(nxt)
-                done |= nxt == self.eos_id
-                if bool(done.all()):
+                for row, token in zip(alive.tolist(), nxt.tolist(), strict=True):
+                    seqs[row].append(token)
+                keep = (nxt != self.eos_id).nonzero().flatten()
+                if len(keep) == 0:
                     break
+                if len(keep) < len(alive):
+                    out.past_key_values.batch_select_indices(keep)
+                    alive, nxt, mask = alive[keep], nxt[keep], mask[keep]
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
                 out = model(
                     input_ids=nxt[:, None],
@@ -218,13 +222,13 @@ class Generator:
                     past_key_values=out.past_key_values,
                     use_cache=True,
                 )
-        seqs = torch.stack(tokens, dim=1).tolist() if tokens else [[] for _ in texts]
-        decoded = []
-        for seq in seqs:
-            cut = seq.index(self.eos_id) if self.eos_id in seq else len(seq)
-            self.generated_tokens += cut
-            decoded.append(self.loaded.tokenizer.decode(seq[:cut], skip_special_tokens=True))
-        return decoded
+        return [self._decode(seq) for seq in seqs]
+
+    def _decode(self, seq: list[int]) -> str:
+        cut = seq.index(self.eos_id) if self.eos_id in seq else len(seq)
+        self.generated_tokens += cut
+        text: str = self.loaded.tokenizer.decode(seq[:cut], skip_special_tokens=True)
+        return text
 
     def choose(self, prompts: Sequence[str], options: Sequence[int]) -> list[int]:
         """For each prompt, the index of the option token the model ranks highest next."""
