@@ -20,23 +20,37 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "results" / "ablations"
 
-# name -> extra `dsfhir extract` arguments
-RUNS: dict[str, list[str]] = {
+# Fixed runs: name -> extra `dsfhir extract` arguments.
+FIXED: dict[str, list[str]] = {
     "rules": ["--backend", "lexicon"],
     "encoder": ["--backend", "encoder"],
+    "encoder+floor": ["--backend", "encoder", "--lexicon-floor"],
     "base-zero-shot": ["--backend", "llm", "--adapter", "none", "--k", "0"],
-    "ft-k0": ["--backend", "llm", "--k", "0"],
-    "ft-k1": ["--backend", "llm", "--k", "1"],
-    "ft-k3": ["--backend", "llm", "--k", "3"],
-    "ft-k3-te-task": ["--backend", "llm", "--k", "3", "--te-mode", "task"],
-    "ft-k3-nogate": ["--backend", "llm", "--k", "3", "--no-gate"],
-    "per-task-k0": ["--backend", "llm", "--k", "0", "--adapter", "{per_task}"],
-    "per-task-k1": ["--backend", "llm", "--k", "1", "--adapter", "{per_task}"],
-    "per-task-k3": ["--backend", "llm", "--k", "3", "--adapter", "{per_task}"],
-    "hybrid-k0": ["--backend", "encoder+llm", "--k", "0"],
-    "hybrid-k3": ["--backend", "encoder+llm", "--k", "3"],
-    "reverse-hybrid-k0": ["--backend", "llm+encoder", "--k", "0"],
 }
+# Model runs "<family>-k<N>[+modifier...]", e.g. ft-k1, per-task-k0+te-task, hybrid-k0+floor.
+FAMILIES: dict[str, list[str]] = {
+    "ft": ["--backend", "llm"],  # the shipped shared adapter
+    "per-task": ["--backend", "llm", "--adapter", "{per_task}"],
+    "hybrid": ["--backend", "encoder+llm"],  # encoder NER, LLM RE/UC
+    "reverse-hybrid": ["--backend", "llm+encoder"],  # LLM NER, encoder RE/UC
+}
+MODIFIERS: dict[str, list[str]] = {
+    "te-task": ["--te-mode", "task"],
+    "floor": ["--lexicon-floor"],
+    "nogate": ["--no-gate"],
+}
+
+
+def extract_args(name: str, per_task: Path) -> list[str]:
+    """The `dsfhir extract` arguments a run name stands for (ValueError if it names none)."""
+    if name in FIXED:
+        return FIXED[name]
+    head, *mods = name.split("+")
+    family, _, k = head.rpartition("-k")
+    if family not in FAMILIES or not k.isdigit() or any(m not in MODIFIERS for m in mods):
+        raise ValueError(f"unknown run {name!r}")
+    args = [a.replace("{per_task}", str(per_task)) for a in FAMILIES[family]] + ["--k", k]
+    return args + [a for m in mods for a in MODIFIERS[m]]
 
 
 def _dsfhir(*args: str) -> None:
@@ -58,10 +72,7 @@ def _shipped_adapter() -> str:
 
 def run(name: str, limit: int, notes: bool, per_task: Path, notes_limit: int = 0) -> dict[str, Any]:
     OUT.mkdir(parents=True, exist_ok=True)
-    # "<run>+floor": the same run with the lexicon floor under the model's supplements.
-    base, floor = (name[: -len("+floor")], True) if name.endswith("+floor") else (name, False)
-    extra = [arg.replace("{per_task}", str(per_task)) for arg in RUNS[base]]
-    extra += ["--lexicon-floor"] if floor else []
+    extra = extract_args(name, per_task)
     gold = _slice(REPO / "data/corpus/dev.jsonl", limit, OUT / f"dev-{limit}.jsonl")
     pred = OUT / f"{name}.dev.pred.jsonl"
     started = time.monotonic()
@@ -143,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     summary_path = REPO / "bench" / "results" / "ablations.json"
     summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-    for name in args.runs.split(","):
+    names = args.runs.split(",")
+    for name in names:
+        extract_args(name, args.per_task)  # every name checked before hours of runs start
+    for name in names:
         row = run(name, args.limit, not args.no_notes, args.per_task, args.notes_limit)
         summary[name] = row
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
