@@ -1,7 +1,7 @@
 """``make bench``: speed and memory of each extraction backend on this machine.
 
-Runs every backend named on the command line (default: lexicon, encoder, llm) over the dev
-sentences and the 25 dev notes, and writes ``bench/results/extraction.json`` with the
+Runs every backend named on the command line (default: lexicon, encoder, llm and the
+encoder+llm hybrid) over the dev sentences and the 25 dev notes, and writes ``bench/results/extraction.json`` with the
 machine and configuration recorded. Accuracy lives in ``dsfhir evaluate`` / docs/results.md;
 this file is about time and memory. A backend that cannot start (e.g. the encoder before
 ``dsfhir encoder train``) is reported as skipped with the reason.
@@ -44,8 +44,10 @@ def _timed(extractor: Extractor, texts: list[str]) -> tuple[float, int]:
 
 
 def _generator_counters(extractor: Extractor) -> dict[str, int]:
+    """Token counters of the LLM inside the backend (itself, or a hybrid's part), if any."""
     backend = getattr(extractor, "backend", None)
-    gen = getattr(backend, "gen", None)
+    parts = [backend, getattr(backend, "ner", None), getattr(backend, "classifier", None)]
+    gen = next((g for g in (getattr(b, "gen", None) for b in parts) if g is not None), None)
     if gen is None:
         return {}
     return {"prompt_tokens": gen.prompt_tokens, "generated_tokens": gen.generated_tokens}
@@ -99,7 +101,7 @@ def _child(backend: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
-    parser.add_argument("--backends", default="lexicon,encoder,llm")
+    parser.add_argument("--backends", default="lexicon,encoder,llm,encoder+llm")
     parser.add_argument("--sentences", type=int, default=120)
     parser.add_argument("--notes", type=int, default=25)
     parser.add_argument("--config", type=Path, default=REPO / "config.toml")
