@@ -153,12 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     summary_path = REPO / "bench" / "results" / "ablations.json"
-    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
     names = args.runs.split(",")
     for name in names:
         extract_args(name, args.per_task)  # every name checked before hours of runs start
     for name in names:
         row = run(name, args.limit, not args.no_notes, args.per_task, args.notes_limit)
+        # Re-read before writing: runs in parallel processes share the summary file.
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         summary[name] = row
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
         print(headline(row), flush=True)

@@ -1,10 +1,11 @@
 """``make bench``: speed and memory of each extraction backend on this machine.
 
 Runs every backend named on the command line (default: lexicon, encoder, llm and the
-encoder+llm hybrid) over the dev sentences and the 25 dev notes, and writes ``bench/results/extraction.json`` with the
-machine and configuration recorded. Accuracy lives in ``dsfhir evaluate`` / docs/results.md;
-this file is about time and memory. A backend that cannot start (e.g. the encoder before
-``dsfhir encoder train``) is reported as skipped with the reason.
+encoder+llm hybrid) over the dev sentences and the 25 dev notes, and writes
+``bench/results/extraction.json`` with the machine and configuration recorded. Accuracy
+lives in ``dsfhir evaluate`` / docs/results.md; this file is about time and memory. A
+backend that cannot start (e.g. the encoder before ``dsfhir encoder train``) is reported as
+skipped with the reason.
 """
 
 from __future__ import annotations
