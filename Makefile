@@ -35,7 +35,6 @@ test: lint typecheck pytest
 demo: $(STAMP)
 	$(DSFHIR) db migrate
 	$(DSFHIR) model prepare
-	$(DSFHIR) index build
 	$(BIN)/python examples/demo.py
 
 bench: $(STAMP)

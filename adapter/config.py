@@ -112,7 +112,7 @@ class ModelConfig(_Section):
 
 class RetrievalConfig(_Section):
     enabled: bool = True
-    k: int = Field(3, ge=0, le=16)
+    k: int = Field(0, ge=0, le=16)
     embedding_model: Path | None = None
 
 
@@ -121,7 +121,7 @@ class ExtractionConfig(_Section):
     te_mode: Literal["pipeline", "task"] = "pipeline"
     lexicon_gate: bool = True
     known_only: bool = True
-    lexicon_floor: bool = False
+    lexicon_floor: bool = True
     max_sentence_chars: int = Field(600, ge=50)
     max_note_chars: int = Field(200_000, ge=100)
     lexicon: Path | None = Path("data/lexicon/supplements.tsv")

@@ -19,7 +19,7 @@ from adapter.config import ExtractionConfig, Settings
 from adapter.errors import ConfigError
 from extraction.api import EngineInfo, Extractor
 from extraction.corpus import load_corpus
-from extraction.errors import ModelLoadError
+from extraction.errors import ModelLoadError, RetrievalError
 from extraction.lexicon import Lexicon
 from extraction.pipeline import NotePipeline, SentenceBackend
 from extraction.retrieval import ExampleIndex
@@ -175,7 +175,13 @@ def _llm_backend(
     _check_task_adapters(settings, adapter, loaded.task_adapters)
     generator = Generator(loaded, settings.model.batch_size, settings.model.max_new_tokens)
     use_retrieval = settings.retrieval.enabled and settings.retrieval.k > 0 and pool is not None
-    retriever = IndexRetriever(open_index(settings, pool) if use_retrieval and pool else None)
+    index = open_index(settings, pool) if use_retrieval and pool else None
+    if index is not None and index.count() == 0:
+        raise RetrievalError(
+            f"retrieval.k = {settings.retrieval.k} but the retrieval index is empty "
+            "(run `dsfhir index build`, or set retrieval.k = 0)"
+        )
+    retriever = IndexRetriever(index)
     info = EngineInfo(
         backend="llm",
         software_version=software_version(),

@@ -23,7 +23,7 @@ OUT = REPO / "bench" / "results" / "ablations"
 # Fixed runs: name -> extra `dsfhir extract` arguments.
 FIXED: dict[str, list[str]] = {
     "rules": ["--backend", "lexicon"],
-    "encoder": ["--backend", "encoder"],
+    "encoder": ["--backend", "encoder", "--no-lexicon-floor"],
     "encoder+floor": ["--backend", "encoder", "--lexicon-floor"],
     "base-zero-shot": ["--backend", "llm", "--adapter", "none", "--k", "0"],
 }
@@ -50,6 +50,8 @@ def extract_args(name: str, per_task: Path) -> list[str]:
     if family not in FAMILIES or not k.isdigit() or any(m not in MODIFIERS for m in mods):
         raise ValueError(f"unknown run {name!r}")
     args = [a.replace("{per_task}", str(per_task)) for a in FAMILIES[family]] + ["--k", k]
+    if "floor" not in mods:  # pinned: the configured default must not change what a name means
+        args.append("--no-lexicon-floor")
     return args + [a for m in mods for a in MODIFIERS[m]]
 
 

@@ -35,7 +35,7 @@ class NoRetrieval:
 
 @dataclass(frozen=True)
 class LlmOptions:
-    k: int = 3
+    k: int = 0
     te_mode: str = "pipeline"  # "pipeline" (NER + RE) or "task" (the TE prompt)
     lexicon_gate: bool = True  # skip sentences with no lexicon candidate (cannot hold one)
     hints: bool = True

@@ -21,7 +21,7 @@ def write(tmp_path: Path, body: str) -> Path:
 def test_defaults_load_without_a_file() -> None:
     settings = load_settings(None, environ={})
     assert settings.database.dsn.get_secret_value() == ""
-    assert settings.retrieval.k == 3
+    assert settings.retrieval.k == 0
     assert settings.auth.method == "none"
 
 
