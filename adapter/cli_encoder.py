@@ -13,7 +13,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TypeVar
 
 from adapter.config import Settings
 from adapter.engine import encoder_base_dir, encoder_model_dir
@@ -64,22 +64,25 @@ def project_lexicon(settings: Settings) -> Lexicon | None:
     return Lexicon.load(settings.resolve(path))
 
 
+T = TypeVar("T")
+
+
+def given(value: T | None, default: T) -> T:
+    """A flag's value, or ``default`` when it was left unset (``dsfhir train`` flags are
+    shared by both backends and default to None)."""
+    return default if value is None else value
+
+
 def _config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
-    """The training config from flags; a flag left unset (None) keeps the encoder default."""
     d = TrainConfig()
-
-    def given(name: str, default: Any) -> Any:
-        value = getattr(args, name, None)
-        return default if value is None else value
-
     return TrainConfig(
-        epochs=int(given("epochs", d.epochs)),
-        batch_size=given("batch_size", d.batch_size),
-        learning_rate=given("lr", d.learning_rate),
-        max_length=given("max_length", d.max_length),
-        seed=given("seed", d.seed),
+        epochs=int(given(args.epochs, d.epochs)),
+        batch_size=given(args.batch_size, d.batch_size),
+        learning_rate=given(args.lr, d.learning_rate),
+        max_length=given(args.max_length, d.max_length),
+        seed=given(args.seed, d.seed),
         threads=args.threads or settings.encoder.threads,
-        checkpoint_every=given("checkpoint_every", d.checkpoint_every),
+        checkpoint_every=given(args.checkpoint_every, d.checkpoint_every),
         max_steps=args.max_steps,
     )
 
@@ -92,8 +95,7 @@ def train_encoder(args: argparse.Namespace, settings: Settings) -> int:
     cfg = _config(args, settings)
     base = encoder_base_dir(settings)
     out = args.out or encoder_model_dir(settings)
-    dev_path = getattr(args, "dev", None) or DEFAULT_DEV
-    dev = load_corpus(dev_path) if dev_path.is_file() else []
+    dev = load_corpus(args.dev or DEFAULT_DEV)
     result = train(
         base, load_corpus(args.train), dev, out, cfg,
         lexicon=project_lexicon(settings), embed=LazyEmbedder(base),

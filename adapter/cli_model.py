@@ -10,12 +10,11 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import TypeVar
 
 from psycopg_pool import ConnectionPool
 
 from adapter import migrate
-from adapter.cli_encoder import DEFAULT_DEV, train_encoder
+from adapter.cli_encoder import DEFAULT_DEV, given, train_encoder
 from adapter.config import Settings
 from adapter.db import connect, database_dsn, open_pool
 from adapter.engine import base_model_dir, load_lexicon, open_index
@@ -29,11 +28,6 @@ from extraction.training import TrainOptions, build_encoded, options_json, selec
 
 log = logging.getLogger(__name__)
 DEFAULT_TRAIN = Path("data/corpus/train.jsonl")
-T = TypeVar("T")
-
-
-def _given(value: T | None, default: T) -> T:
-    return default if value is None else value
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -132,15 +126,15 @@ def _options(args: argparse.Namespace, tasks: Sequence[str]) -> TrainOptions:
         rank=args.rank,
         alpha=args.alpha,
         targets=tuple(args.targets.split(",")),
-        lr=_given(args.lr, d.lr),
-        epochs=_given(args.epochs, d.epochs),
-        batch_size=_given(args.batch_size, d.batch_size),
-        max_length=_given(args.max_length, d.max_length),
-        seed=_given(args.seed, d.seed),
+        lr=given(args.lr, d.lr),
+        epochs=given(args.epochs, d.epochs),
+        batch_size=given(args.batch_size, d.batch_size),
+        max_length=given(args.max_length, d.max_length),
+        seed=given(args.seed, d.seed),
         train_k=tuple(int(k) for k in args.train_k.split(",")),
         max_per_task=_caps(args.max_per_task, tasks),
         tasks=tuple(tasks),
-        checkpoint_every=_given(args.checkpoint_every, d.checkpoint_every),
+        checkpoint_every=given(args.checkpoint_every, d.checkpoint_every),
     )
 
 

@@ -174,8 +174,7 @@ def _llm_backend(
     )
     _check_task_adapters(settings, adapter, loaded.task_adapters)
     generator = Generator(loaded, settings.model.batch_size, settings.model.max_new_tokens)
-    use_retrieval = settings.retrieval.enabled and settings.retrieval.k > 0 and pool is not None
-    index = open_index(settings, pool) if use_retrieval and pool else None
+    index = open_index(settings, pool) if uses_retrieval(settings) and pool else None
     if index is not None and index.count() == 0:
         raise RetrievalError(
             f"retrieval.k = {settings.retrieval.k} but the retrieval index is empty "
@@ -190,7 +189,7 @@ def _llm_backend(
         adapter=_adapter_name(adapter),
     )
     options = LlmOptions(
-        k=settings.retrieval.k if use_retrieval else 0,
+        k=settings.retrieval.k if index is not None else 0,
         te_mode=settings.extraction.te_mode,
         lexicon_gate=settings.extraction.lexicon_gate,
         known_only=settings.extraction.known_only,
@@ -225,11 +224,12 @@ def _check_task_adapters(settings: Settings, adapter: Path | None, tasks: Sequen
     if not tasks:
         return
     ext = settings.extraction
-    needed = {"uc", "te"} if ext.te_mode == "task" else {"uc", "re"}
-    if ext.backend in ("llm", "llm+encoder"):
-        needed.add("ner")
-    if ext.backend == "llm+encoder":
-        needed -= {"uc", "re", "te"}
+    labels = {"uc", "te" if ext.te_mode == "task" else "re"}
+    needed = {
+        "llm": {"ner"} | labels,
+        "llm+encoder": {"ner"},  # the encoder labels
+        "encoder+llm": labels,  # the encoder finds the entities
+    }[ext.backend]
     missing = sorted(needed - set(tasks))
     if missing:
         raise ModelLoadError(f"per-task adapters in {adapter} lack {', '.join(missing)}")

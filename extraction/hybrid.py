@@ -14,8 +14,8 @@ from dataclasses import replace
 from typing import Protocol
 
 from extraction.api import EngineInfo
-from extraction.corpus import Entity, Relation, Usage
-from extraction.pipeline import SentenceBackend, SentenceResult
+from extraction.corpus import Entity
+from extraction.pipeline import Labels, SentenceBackend, SentenceResult
 
 
 class Classifier(Protocol):
@@ -26,7 +26,7 @@ class Classifier(Protocol):
         sentences: Sequence[str],
         ents: Mapping[int, list[Entity]],
         results: list[SentenceResult],
-    ) -> tuple[dict[int, list[Usage]], dict[int, list[Relation]]]: ...
+    ) -> Labels: ...
 
 
 class HybridBackend:

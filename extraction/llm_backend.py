@@ -17,7 +17,7 @@ from extraction.corpus import Entity, Record, Relation, Usage
 from extraction.lexicon import Lexicon
 from extraction.llm import Generator
 from extraction.parsing import find_span, parse_list
-from extraction.pipeline import SentenceResult
+from extraction.pipeline import Labels, SentenceResult
 from extraction.rules import product_mentions, with_lexicon_floor
 from extraction.tasks import ANSWER_PREFIX, LABELS, Demo, mark, render_prompt
 
@@ -134,7 +134,7 @@ class LlmBackend:
         sentences: Sequence[str],
         ents: Mapping[int, list[Entity]],
         results: list[SentenceResult],
-    ) -> tuple[dict[int, list[Usage]], dict[int, list[Relation]]]:
+    ) -> Labels:
         """UC for each supplement and RE (or TE) over entities found by any NER backend."""
         usage = self._classify_usage(sentences, ents)
         if self.opts.te_mode == "task":

@@ -30,6 +30,10 @@ class SentenceResult:
     dropped_spans: int = 0
 
 
+# RE/UC labels for a batch of sentences, by sentence index (see extraction.hybrid.Classifier).
+Labels = tuple[dict[int, list[Usage]], dict[int, list[Relation]]]
+
+
 class SentenceBackend(Protocol):
     @property
     def info(self) -> EngineInfo: ...

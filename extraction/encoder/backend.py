@@ -35,7 +35,7 @@ from extraction.encoder.normalize import LazyEmbedder, Normalizer, merged_lexico
 from extraction.encoder.tokens import Encoding, Marked, decode, encode, mark
 from extraction.errors import ModelLoadError
 from extraction.lexicon import Lexicon
-from extraction.pipeline import SentenceResult
+from extraction.pipeline import Labels, SentenceResult
 from extraction.rules import product_mentions, with_lexicon_floor
 
 ENCODER_TASK_VERSION = "encoder-1"
@@ -123,7 +123,7 @@ class EncoderBackend:
         sentences: Sequence[str],
         ents: Mapping[int, list[Entity]],
         results: list[SentenceResult],
-    ) -> tuple[dict[int, list[Usage]], dict[int, list[Relation]]]:
+    ) -> Labels:
         """UC and RE over entities found by another NER backend (the reverse hybrid)."""
         idx = [i for i, found in ents.items() if found]
         with self._inference():
@@ -168,9 +168,8 @@ class EncoderBackend:
                 if self.options.known_only and not known:
                     continue
             found.append(Entity("", etype, start, end, surface, norm))
-        lexicon = self.normalizer.lexicon
-        if self.options.lexicon_floor and lexicon is not None:
-            found = with_lexicon_floor(found, product_mentions(lexicon, text))
+        if self.options.lexicon_floor:
+            found = with_lexicon_floor(found, product_mentions(self.normalizer.lexicon, text))
         if not any(e.type == "supplement" for e in found):
             return []  # events exist only beside a supplement (guidelines §4)
         return [
