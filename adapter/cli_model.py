@@ -20,6 +20,7 @@ from adapter.db import connect, database_dsn, open_pool
 from adapter.engine import base_model_dir, load_lexicon, open_index
 from extraction.corpus import load_corpus
 from extraction.encoder.config import TrainConfig
+from extraction.errors import ModelLoadError
 from extraction.llm import base_identity, file_sha256, prepare_base
 from extraction.retrieval import Example
 from extraction.tasks import TASKS, Demo, Instance, instances, task_version
@@ -75,6 +76,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--checkpoint-every",
         type=int,
         help=f"LLM {d.checkpoint_every}, encoder {e.checkpoint_every}",
+    )
+    p.add_argument(
+        "--init", type=Path, help="llm: continue from this adapter (warm start; its rank applies)"
     )
     p.add_argument("--threads", type=int, help="torch threads (default: model/encoder threads)")
     p.add_argument("--dev", type=Path, help=f"encoder: dev corpus scored per epoch ({DEFAULT_DEV})")
@@ -135,6 +139,7 @@ def _options(args: argparse.Namespace, tasks: Sequence[str]) -> TrainOptions:
         max_per_task=_caps(args.max_per_task, tasks),
         tasks=tuple(tasks),
         checkpoint_every=given(args.checkpoint_every, d.checkpoint_every),
+        init_adapter=str(args.init.resolve()) if args.init else "",
     )
 
 
@@ -207,11 +212,22 @@ def _fingerprint(base: Path, train: Path, opts: TrainOptions) -> str:
             "base": base_identity(base),
             "train": file_sha256(train),
             "opts": options_json(opts),
+            "init": _init_identity(opts),
             "tasks": task_version(),
         },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _init_identity(opts: TrainOptions) -> dict[str, str]:
+    """Path and weight hash of the warm-start adapter ({} for a fresh one)."""
+    if not opts.init_adapter:
+        return {}
+    weights = Path(opts.init_adapter) / "adapter_model.safetensors"
+    if not weights.is_file():
+        raise ModelLoadError(f"--init {opts.init_adapter}: no adapter_model.safetensors")
+    return {"path": opts.init_adapter, "sha256": file_sha256(weights)}
 
 
 def _write_manifest(
@@ -224,6 +240,7 @@ def _write_manifest(
         "task_version": task_version(),
         "corpus": {str(train): file_sha256(train)},
         "train_options": options_json(opts),
+        "init_adapter": _init_identity(opts),
         "instances": n,
         "result": asdict(result),
         "dev_scores": {},

@@ -106,7 +106,8 @@ class ModelConfig(_Section):
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["fp32", "bf16"] = "fp32"
     threads: int = Field(2, ge=1)
-    batch_size: int = Field(8, ge=1)
+    batch_size: int = Field(32, ge=1)
+    score_batch_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(96, ge=8)
 
 

@@ -164,7 +164,7 @@ def _llm_backend(
     pool: ConnectionPool | None,
     lexicon: Lexicon,
 ) -> LlmBackend:
-    from extraction.llm import Generator, base_identity, load_model
+    from extraction.llm import Generator, adapter_prompt_versions, base_identity, load_model
     from extraction.llm_backend import LlmOptions
 
     base = base_model_dir(settings)
@@ -173,7 +173,8 @@ def _llm_backend(
         base, adapter, settings.model.device, settings.model.dtype, settings.model.threads
     )
     _check_task_adapters(settings, adapter, loaded.task_adapters)
-    generator = Generator(loaded, settings.model.batch_size, settings.model.max_new_tokens)
+    model = settings.model
+    generator = Generator(loaded, model.batch_size, model.max_new_tokens, model.score_batch_size)
     index = open_index(settings, pool) if uses_retrieval(settings) and pool else None
     if index is not None and index.count() == 0:
         raise RetrievalError(
@@ -181,10 +182,11 @@ def _llm_backend(
             "(run `dsfhir index build`, or set retrieval.k = 0)"
         )
     retriever = IndexRetriever(index)
+    versions = adapter_prompt_versions(adapter)
     info = EngineInfo(
         backend="llm",
         software_version=software_version(),
-        task_version=task_version(),
+        task_version=task_version(versions),
         base_model=base_identity(base)["name"],
         adapter=_adapter_name(adapter),
     )
@@ -194,6 +196,7 @@ def _llm_backend(
         lexicon_gate=settings.extraction.lexicon_gate,
         known_only=settings.extraction.known_only,
         lexicon_floor=settings.extraction.lexicon_floor,
+        prompt_versions=tuple(versions.items()),
     )
     from extraction.llm_backend import LlmBackend
 

@@ -17,10 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from extraction.errors import ModelLoadError
+from extraction.tasks import PROMPT_VERSIONS, parse_task_version
 
 log = logging.getLogger(__name__)
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PREPARED_MARKER = "dsfhir-prepared.json"
+# Shorter common prefixes are not worth a separate forward pass and a cache copy per batch.
+MIN_SHARED_PREFIX = 8
 
 
 def shipped_gguf() -> Path:
@@ -108,6 +111,26 @@ def task_adapter_dirs(adapter_dir: Path) -> dict[str, Path]:
     } if adapter_dir.is_dir() else {}  # fmt: skip
 
 
+def adapter_prompt_versions(path: Path | None) -> dict[str, int]:
+    """The prompt versions an adapter was trained with (its manifest's ``task_version``), so
+    an older adapter keeps getting the prompts it knows; the current ones for the bare base
+    model or an adapter without a manifest."""
+    if path is None:
+        return dict(PROMPT_VERSIONS)
+    per_task = task_adapter_dirs(path)
+    if per_task and not (path / "adapter_config.json").is_file():
+        found = {t: adapter_prompt_versions(d)[t] for t, d in per_task.items()}
+        return {**PROMPT_VERSIONS, **found}
+    manifest = path / "manifest.json"
+    if not manifest.is_file():
+        return dict(PROMPT_VERSIONS)
+    stamp = str(json.loads(manifest.read_text()).get("task_version", ""))
+    try:
+        return parse_task_version(stamp)
+    except ValueError as exc:
+        raise ModelLoadError(f"{manifest}: {exc}") from exc
+
+
 def load_model(
     base_dir: Path,
     adapter_dir: Path | None,
@@ -157,58 +180,115 @@ def _with_adapters(model: Any, adapter_dir: Path) -> tuple[Any, tuple[str, ...]]
 class Generator:
     """Batched greedy decoding and label scoring over one loaded model."""
 
-    def __init__(self, loaded: LoadedModel, batch_size: int = 8, max_new_tokens: int = 96) -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        batch_size: int = 32,
+        max_new_tokens: int = 96,
+        score_batch_size: int = 8,
+        share_prefix: bool = True,
+    ) -> None:
         self.loaded = loaded
         self.batch_size = batch_size
+        self.score_batch_size = score_batch_size
+        self.share_prefix = share_prefix
         self.max_new_tokens = max_new_tokens
         self.eos_id = loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.prompt_tokens = 0
         self.generated_tokens = 0
+        self.reused_tokens = 0  # prompt tokens served from the shared-prefix cache
 
-    def _batches(self, prompts: Sequence[str]) -> list[list[int]]:
+    @staticmethod
+    def _batches(rows: Sequence[Sequence[int]], size: int) -> list[list[int]]:
         """Index batches sorted by prompt length, so padding stays small."""
-        order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-        return [order[i : i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        return [order[i : i + size] for i in range(0, len(order), size)]
 
-    def _encode(self, texts: list[str]) -> Any:
-        enc = self.loaded.tokenizer(
-            texts, return_tensors="pt", padding=True, add_special_tokens=False
+    def _tokenize(self, prompts: Sequence[str]) -> list[list[int]]:
+        ids: list[list[int]] = self.loaded.tokenizer(list(prompts), add_special_tokens=False)[
+            "input_ids"
+        ]
+        self.prompt_tokens += sum(len(row) for row in ids)
+        return ids
+
+    def _prefix(self, rows: Sequence[Sequence[int]]) -> tuple[int, Any]:
+        """The token prefix every prompt of a call shares (the task's instruction) and its KV
+        cache, computed once and reused by every batch: prompts of one task differ only after
+        it, and prefill is the compute-bound part on a CPU."""
+        import torch
+
+        shared = min(len(r) for r in rows) - 1  # each prompt keeps a token to score from
+        first = rows[0]
+        for row in rows[1:]:
+            shared = next((n for n in range(shared) if row[n] != first[n]), shared)
+        if shared < MIN_SHARED_PREFIX or not self.share_prefix:
+            return 0, None
+        ids = torch.tensor([first[:shared]], device=self.loaded.device)
+        with torch.inference_mode():
+            out = self.loaded.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        return shared, out.past_key_values
+
+    def _prefill(self, rows: list[Sequence[int]], shared: int, cache: Any, keep: int = 1) -> Any:
+        """Forward pass over a batch of prompts (left-padded after the shared prefix)."""
+        import copy
+
+        import torch
+
+        width = max(len(r) for r in rows) - shared
+        pad = self.loaded.tokenizer.pad_token_id or 0
+        ids = [[pad] * (width - len(r) + shared) + list(r[shared:]) for r in rows]
+        tail = [[0] * (width - len(r) + shared) + [1] * (len(r) - shared) for r in rows]
+        dev = self.loaded.device
+        tail_mask = torch.tensor(tail, device=dev)
+        past = None
+        if cache is not None:
+            past = copy.deepcopy(cache)
+            past.batch_repeat_interleave(len(rows))
+            self.reused_tokens += shared * len(rows)
+        head = torch.ones((len(rows), shared), dtype=tail_mask.dtype, device=dev)
+        mask = torch.cat([head, tail_mask], dim=1)
+        # Positions count real tokens only (left padding sits between prefix and prompt).
+        positions = (shared + tail_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.loaded.model(
+            input_ids=torch.tensor(ids, device=dev),
+            attention_mask=mask,
+            position_ids=positions,
+            past_key_values=past,
+            use_cache=True,
+            logits_to_keep=keep,  # only the last position's vocabulary projection is needed
         )
-        self.prompt_tokens += int(enc["attention_mask"].sum())
-        return enc.to(self.loaded.device)
+        return out, mask
 
     def generate(self, prompts: Sequence[str]) -> list[str]:
         """Greedy continuation of each prompt, stopped at <|im_end|> or the token cap."""
         outputs = [""] * len(prompts)
-        for idx in self._batches(prompts):
-            for i, text in zip(idx, self._greedy([prompts[i] for i in idx]), strict=True):
+        if not prompts:
+            return outputs
+        rows = self._tokenize(prompts)
+        shared, cache = self._prefix(rows)
+        for idx in self._batches(rows, self.batch_size):
+            texts = self._greedy([rows[i] for i in idx], shared, cache)
+            for i, text in zip(idx, texts, strict=True):
                 outputs[i] = text
         return outputs
 
-    def _greedy(self, texts: list[str]) -> list[str]:
+    def _greedy(self, rows: list[Sequence[int]], shared: int, cache: Any) -> list[str]:
         """Greedy decoding; a row that has finished leaves the batch (and the KV cache), so
         short answers stop costing compute while the longest one is still being written."""
         import torch
 
-        enc = self._encode(texts)
-        mask = enc["attention_mask"]
         model = self.loaded.model
-        seqs: list[list[int]] = [[] for _ in texts]
-        alive = torch.arange(len(texts), device=mask.device)
+        seqs: list[list[int]] = [[] for _ in rows]
         with torch.inference_mode():
-            # Left padding: positions must count real tokens only, as in training.
-            out = model(
-                input_ids=enc["input_ids"],
-                attention_mask=mask,
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-                use_cache=True,
-                logits_to_keep=1,  # only the last position's vocabulary projection is needed
-            )
+            out, mask = self._prefill(rows, shared, cache)
+            alive = torch.arange(len(rows), device=mask.device)
             for _ in range(self.max_new_tokens):
                 nxt = out.logits[:, -1, :].argmax(dim=-1)
+                done = []
                 for row, token in zip(alive.tolist(), nxt.tolist(), strict=True):
                     seqs[row].append(token)
-                keep = (nxt != self.eos_id).nonzero().flatten()
+                    done.append(token == self.eos_id or self._closed(seqs[row]))
+                keep = (~torch.tensor(done, device=nxt.device)).nonzero().flatten()
                 if len(keep) == 0:
                     break
                 if len(keep) < len(alive):
@@ -224,6 +304,18 @@ class Generator:
                 )
         return [self._decode(seq) for seq in seqs]
 
+    def _closed(self, seq: list[int]) -> bool:
+        """Whether the answer is already a complete JSON value (no need to wait for the end
+        token): checked only when the last token closes a bracket or brace."""
+        last: str = self.loaded.tokenizer.decode(seq[-1:])
+        if not last.rstrip().endswith(("]", "}")):
+            return False
+        try:
+            json.loads(self.loaded.tokenizer.decode(seq))
+        except ValueError:
+            return False
+        return True
+
     def _decode(self, seq: list[int]) -> str:
         cut = seq.index(self.eos_id) if self.eos_id in seq else len(seq)
         self.generated_tokens += cut
@@ -235,18 +327,14 @@ class Generator:
         import torch
 
         choices = [0] * len(prompts)
+        if not prompts:
+            return choices
         option_ids = torch.tensor(list(options), device=self.loaded.device)
-        for idx in self._batches(prompts):
-            enc = self._encode([prompts[i] for i in idx])
-            mask = enc["attention_mask"]
-            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        rows = self._tokenize(prompts)
+        shared, cache = self._prefix(rows)
+        for idx in self._batches(rows, self.score_batch_size):
             with torch.inference_mode():
-                out = self.loaded.model(
-                    input_ids=enc["input_ids"],
-                    attention_mask=mask,
-                    position_ids=pos,
-                    logits_to_keep=1,
-                )
+                out, _ = self._prefill([rows[i] for i in idx], shared, cache)
             logits = out.logits[:, -1, :]
             best = logits.index_select(1, option_ids).argmax(dim=-1).tolist()
             for i, b in zip(idx, best, strict=True):

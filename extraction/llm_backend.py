@@ -41,6 +41,8 @@ class LlmOptions:
     hints: bool = True
     known_only: bool = True  # drop supplement mentions the lexicon cannot place
     lexicon_floor: bool = False  # lexicon products the model missed are added, spans snapped
+    # (task, version) of the prompt templates the adapter was trained with; absent = current.
+    prompt_versions: tuple[tuple[str, int], ...] = ()
 
 
 class LlmBackend:
@@ -72,7 +74,11 @@ class LlmBackend:
     def _prompts(self, task: str, inputs: Sequence[str]) -> list[str]:
         demos = self.retriever.nearest(task, inputs, self.opts.k)
         hint = self.lexicon.candidates if self.opts.hints else None
-        return [render_prompt(task, text, d, hint) for text, d in zip(inputs, demos, strict=True)]
+        version = dict(self.opts.prompt_versions).get(task)
+        return [
+            render_prompt(task, text, d, hint, version)
+            for text, d in zip(inputs, demos, strict=True)
+        ]
 
     def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
         results = [SentenceResult(Record(f"s{i}", s)) for i, s in enumerate(sentences)]

@@ -8,7 +8,8 @@ retrieval key of an instance is its ``input`` only — never the answer.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -18,7 +19,9 @@ from extraction.corpus import Entity, Record
 from extraction.corpus_stats import re_pairs
 
 TASKS = ("ner", "re", "uc", "te")
-PROMPT_VERSIONS = {"ner": 1, "re": 1, "uc": 1, "te": 1}
+# The versions new adapters are trained with. An adapter keeps the versions it was trained
+# with (its manifest's ``task_version``), so inference renders the prompts it knows.
+PROMPT_VERSIONS: Mapping[str, int] = {"ner": 2, "re": 1, "uc": 1, "te": 1}
 LABELS = {
     "re": ("indication", "adverse_event", "not_related"),
     "uc": ("continue", "start", "discontinue", "uncertain"),
@@ -54,16 +57,26 @@ class Demo(Protocol):
 
 
 @cache
-def instruction(task: str) -> str:
-    """The instruction of a task's current template (comment lines dropped)."""
-    path = PROMPTS_DIR / f"{task}.v{PROMPT_VERSIONS[task]}.txt"
+def instruction(task: str, version: int | None = None) -> str:
+    """The instruction of a task's template (current version by default; comments dropped)."""
+    path = PROMPTS_DIR / f"{task}.v{version or PROMPT_VERSIONS[task]}.txt"
+    if not path.is_file():
+        raise ValueError(f"no prompt template {path.name} for task {task!r}")
     lines = path.read_text(encoding="utf-8").splitlines()
     return "\n".join(line for line in lines if not line.startswith("#")).strip()
 
 
-def task_version() -> str:
+def task_version(versions: Mapping[str, int] = PROMPT_VERSIONS) -> str:
     """One string naming every prompt version (stamped into outputs and manifests)."""
-    return "+".join(f"{t}.v{PROMPT_VERSIONS[t]}" for t in TASKS)
+    return "+".join(f"{t}.v{versions[t]}" for t in TASKS)
+
+
+def parse_task_version(text: str) -> dict[str, int]:
+    """``{"ner": 2, ...}`` from a :func:`task_version` string (e.g. an adapter manifest's)."""
+    found = dict(re.findall(r"(\w+)\.v(\d+)", text))
+    if set(found) != set(TASKS):
+        raise ValueError(f"task version {text!r} does not name every task ({', '.join(TASKS)})")
+    return {task: int(found[task]) for task in TASKS}
 
 
 def mark(text: str, supplement: Entity, event: Entity | None = None) -> str:
@@ -77,11 +90,15 @@ def mark(text: str, supplement: Entity, event: Entity | None = None) -> str:
     return out
 
 
-def ner_target(rec: Record) -> str:
+def ner_target(rec: Record, version: int | None = None) -> str:
+    """v1: every supplement as [s, mention, normalized]; v2 leaves out a normalized name that
+    is just the lower-cased mention (70% of them: fewer tokens to generate)."""
     items: list[list[str]] = []
     for ent in sorted(rec.entities, key=lambda e: e.start):
         if ent.type == "supplement":
-            items.append(["s", ent.text, ent.normalized or ent.text.lower()])
+            norm = ent.normalized or ent.text.lower()
+            short = (version or PROMPT_VERSIONS["ner"]) >= 2 and norm == ent.text.lower()
+            items.append(["s", ent.text] if short else ["s", ent.text, norm])
         else:
             items.append(["e", ent.text])
     return compact(items)
@@ -115,13 +132,19 @@ def instances(rec: Record) -> list[Instance]:
 Hinter = Callable[[str], str]
 
 
-def render_prompt(task: str, text: str, demos: Sequence[Demo], hint: Hinter | None = None) -> str:
+def render_prompt(
+    task: str,
+    text: str,
+    demos: Sequence[Demo],
+    hint: Hinter | None = None,
+    version: int | None = None,
+) -> str:
     """The prompt up to (and including) the assistant turn's start.
 
     Demonstrations come first, least similar first, so the most similar sits next to the
     input (RUIE's ordering). ``hint`` adds lexicon candidates to NER inputs.
     """
-    parts = [USER, instruction(task), "\n"]
+    parts = [USER, instruction(task, version), "\n"]
     for demo in demos:
         parts += ["\nInput: ", _with_hint(task, demo.input, hint), "\nOutput: ", demo.target, "\n"]
     parts += ["\nInput: ", _with_hint(task, text, hint), END, "\n", ASSISTANT]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from extraction.errors import ModelLoadError
 from extraction.training import Encoded, TrainOptions, batches, collate, format_eta, options_json
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,8 @@ def _lora_model(base_dir: Path, opts: TrainOptions) -> Any:
     model = AutoModelForCausalLM.from_pretrained(
         base_dir, dtype=torch.float32, local_files_only=True
     )
+    if opts.init_adapter:
+        return _warm_start(model, Path(opts.init_adapter))
     config = LoraConfig(
         r=opts.rank,
         lora_alpha=opts.alpha,
@@ -44,6 +47,20 @@ def _lora_model(base_dir: Path, opts: TrainOptions) -> Any:
         task_type="CAUSAL_LM",
     )
     return get_peft_model(model, config)
+
+
+def _warm_start(model: Any, init: Path) -> Any:
+    """The base with an existing (shared) adapter loaded as the trainable starting point."""
+    import torch
+    from peft import PeftModel
+
+    if not (init / "adapter_config.json").is_file():
+        raise ModelLoadError(f"--init {init}: not a (shared) LoRA adapter directory")
+    peft_model = PeftModel.from_pretrained(model, init, is_trainable=True)
+    for param in peft_model.parameters():
+        if param.requires_grad:
+            param.data = param.data.to(torch.float32)  # shipped adapters are stored in fp16
+    return peft_model
 
 
 def _schedule(optimizer: Any, total: int, warmup: float) -> Any:

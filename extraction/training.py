@@ -38,6 +38,8 @@ class TrainOptions:
     max_per_task: tuple[tuple[str, int], ...] = ()  # (task, cap); absent = all instances
     tasks: tuple[str, ...] = ("ner", "re", "uc", "te")
     checkpoint_every: int = 50
+    # Warm start: continue from this LoRA adapter (its rank, alpha and targets apply).
+    init_adapter: str = ""
 
 
 @dataclass

@@ -14,7 +14,13 @@ import pytest
 from extraction.api import EngineInfo
 from extraction.corpus import load_corpus
 from extraction.lexicon import Lexicon
-from extraction.llm import Generator, LoadedModel, load_model, prepare_base
+from extraction.llm import (
+    Generator,
+    LoadedModel,
+    adapter_prompt_versions,
+    load_model,
+    prepare_base,
+)
 from extraction.llm_backend import LlmBackend, LlmOptions, NoRetrieval
 from extraction.pipeline import NotePipeline
 from extraction.tasks import Demo, Instance, instances
@@ -79,9 +85,12 @@ def test_tiny_training_lowers_the_loss_and_saves(tiny_adapter: tuple[Path, objec
     assert json.loads((path / "adapter_config.json").read_text())["r"] == 4
 
 
-def _backend(loaded: LoadedModel, lexicon: Lexicon) -> LlmBackend:
+def _backend(
+    loaded: LoadedModel, lexicon: Lexicon, versions: dict[str, int] | None = None
+) -> LlmBackend:
     gen = Generator(loaded, batch_size=4, max_new_tokens=24)
-    return LlmBackend(gen, NoRetrieval(), lexicon, INFO, LlmOptions(k=0))
+    options = LlmOptions(k=0, prompt_versions=tuple((versions or {}).items()))
+    return LlmBackend(gen, NoRetrieval(), lexicon, INFO, options)
 
 
 def test_saved_adapter_reloads_to_identical_outputs(
@@ -125,7 +134,8 @@ def test_shipped_adapter_beats_the_base_model_on_a_dev_slice(
     gold = [r for r in load_corpus(REPO / "data/corpus/dev.jsonl") if r.supplements][:10]
     scores = {}
     for name, adapter in (("base", None), ("shipped", shipped)):
-        pipeline = NotePipeline(_backend(load_model(base_dir, adapter), lexicon))
+        versions = adapter_prompt_versions(adapter)  # the prompts the adapter was trained on
+        pipeline = NotePipeline(_backend(load_model(base_dir, adapter), lexicon, versions))
         results = pipeline.extract([g.text for g in gold])
         preds = Predictions()
         for g, res in zip(gold, results, strict=True):
@@ -190,3 +200,81 @@ def test_per_task_adapters_switch_by_task(
     )
     with pytest.raises(ModelLoadError, match="no adapter for task 're'"):
         per_task.use("re")
+
+
+def test_warm_start_continues_from_an_adapter(
+    base_dir: Path, tiny_adapter: tuple[Path, object], lexicon: Lexicon, tmp_path: Path
+) -> None:
+    """`train --init`: the run starts from the adapter's weights, so its first loss on the data
+    that adapter was fitted to is far below a fresh adapter's."""
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    path, fitted = tiny_adapter
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    gold = load_corpus(DATA / "eval_gold.jsonl")
+    items = [i for r in gold for i in instances(r) if i.task in ("ner", "uc")][:4]
+    fresh = TrainOptions(rank=4, alpha=8, lr=1e-6, epochs=1, batch_size=4, max_length=128)
+    fresh = replace(fresh, train_k=(0,))
+    warm = replace(fresh, init_adapter=str(path))
+    data = build_encoded(tok, items, _no_demos, fresh, lexicon.candidates)
+    pad = tok.pad_token_id or 0
+    cold_run = train_lora(base_dir, data, fresh, tmp_path / "c", tmp_path / "cc", "c", pad)
+    warm_run = train_lora(base_dir, data, warm, tmp_path / "w", tmp_path / "wc", "w", pad)
+    assert warm_run.first_loss < 0.5 * cold_run.first_loss
+    assert warm_run.first_loss <= fitted.last_loss * 1.5  # type: ignore[attr-defined]
+
+
+def test_shared_prefix_cache_and_json_stop_leave_outputs_unchanged(
+    base_dir: Path, lexicon: Lexicon
+) -> None:
+    """The instruction's KV cache is computed once per call and reused by every batch; the
+    answers (generated and scored) must be exactly those of full prompts."""
+    shipped = REPO / "models" / "ramie-smollm2"
+    loaded = load_model(base_dir, shipped)
+    backend = _backend(loaded, lexicon, adapter_prompt_versions(shipped))
+    sentences = [
+        "Takes fish oil for high triglycerides.",
+        "Stopped ginkgo after easy bruising.",
+        "Patient reports taking vitamin D3 2000 IU daily and magnesium at night for cramps.",
+        "No supplements.",
+        "Turmeric was started for knee pain last month.",
+    ]
+    ner = backend._prompts("ner", sentences)
+    uc = [
+        p + '{"usage":"'
+        for p in backend._prompts("uc", [s.replace("ish", "<<ish>>") for s in sentences])
+    ]
+    options = backend._option_ids["uc"]
+    runs = {}
+    for share in (False, True):
+        gen = Generator(loaded, batch_size=2, max_new_tokens=40, share_prefix=share)
+        runs[share] = (gen.generate(ner), gen.choose(uc, options), gen.reused_tokens)
+    assert runs[True][:2] == runs[False][:2]
+    assert runs[False][2] == 0 and runs[True][2] > 20 * len(sentences)
+    assert all(json.loads(out) is not None for out in runs[True][0])  # stopped on closed JSON
+
+
+def test_closed_json_stops_generation(base_dir: Path) -> None:
+    gen = Generator(load_model(base_dir, None))
+    tok = gen.loaded.tokenizer
+    assert gen._closed(tok.encode('[["s","fish oil"]]', add_special_tokens=False))
+    assert gen._closed(tok.encode("[]", add_special_tokens=False))
+    assert not gen._closed(tok.encode('[["s","fish oil"],', add_special_tokens=False))
+    assert not gen._closed(tok.encode('[["s","fish [oil]', add_special_tokens=False))
+
+
+def test_adapter_prompt_versions_follow_the_manifest(tmp_path: Path) -> None:
+    from extraction.errors import ModelLoadError
+    from extraction.tasks import PROMPT_VERSIONS
+
+    assert adapter_prompt_versions(None) == dict(PROMPT_VERSIONS)
+    assert adapter_prompt_versions(tmp_path) == dict(PROMPT_VERSIONS)  # no manifest
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"task_version": "ner.v1+re.v1+uc.v1+te.v1"})
+    )
+    assert adapter_prompt_versions(tmp_path) == {"ner": 1, "re": 1, "uc": 1, "te": 1}
+    (tmp_path / "manifest.json").write_text(json.dumps({"task_version": "ner.v1"}))
+    with pytest.raises(ModelLoadError, match=r"manifest\.json"):
+        adapter_prompt_versions(tmp_path)

@@ -13,6 +13,7 @@ from extraction.parsing import find_span, parse_label, parse_list
 from extraction.tasks import (
     ANSWER_PREFIX,
     ASSISTANT,
+    PROMPT_VERSIONS,
     TASKS,
     Instance,
     instances,
@@ -35,7 +36,7 @@ def test_instances_cover_every_task(gold_instances: list[Instance]) -> None:
     # g1: 2 supplements x 2 events -> 4 RE pairs, 2 UC items, one NER and one TE item.
     assert {t: len(v) for t, v in by_task.items()} == {"ner": 1, "re": 4, "uc": 2, "te": 1}
     ner = json.loads(by_task["ner"][0].target)
-    assert ner[0] == ["s", "fish oil", "fish oil"]
+    assert ner[0] == ["s", "fish oil"]  # ner.v2: normalized only where it differs
     assert ner[1] == ["e", "high triglycerides"]
     te = json.loads(by_task["te"][0].target)
     assert te == [
@@ -111,3 +112,26 @@ def test_find_span_grounds_in_order_case_and_spacing() -> None:
     assert second is not None and text[second[0] : second[1]] == "fish  oil"
     assert find_span(text, "ginkgo", []) is None
     assert find_span(text, "", []) is None
+
+
+def test_prompt_versions_render_their_own_template_and_target() -> None:
+    from extraction.corpus import Entity, Record
+    from extraction.tasks import ner_target, parse_task_version
+
+    assert parse_task_version(task_version()) == dict(PROMPT_VERSIONS)
+    v1 = render_prompt("ner", "x", [], version=1)
+    v2 = render_prompt("ner", "x", [], version=2)
+    assert v1 != v2 and "if it differs" in v2
+    with pytest.raises(ValueError, match=r"ner\.v99"):
+        render_prompt("ner", "x", [], version=99)
+    text = "Takes Fish oil and CoQ10."
+    rec = Record(
+        "r",
+        text,
+        (
+            Entity("T1", "supplement", 6, 14, "Fish oil", "fish oil"),
+            Entity("T2", "supplement", 19, 24, "CoQ10", "coenzyme q10"),
+        ),
+    )
+    assert ner_target(rec, 1) == '[["s","Fish oil","fish oil"],["s","CoQ10","coenzyme q10"]]'
+    assert ner_target(rec, 2) == '[["s","Fish oil"],["s","CoQ10","coenzyme q10"]]'
