@@ -12,14 +12,32 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from adapter import cli_data, cli_db, cli_encoder, cli_eval, cli_extract, cli_model, cli_sync
+from adapter import (
+    cli_calibrate,
+    cli_data,
+    cli_db,
+    cli_encoder,
+    cli_eval,
+    cli_extract,
+    cli_model,
+    cli_sync,
+)
 from adapter.config import Settings, load_settings
 from adapter.errors import DsfhirError
 
 log = logging.getLogger("dsfhir")
 
 Handler = Callable[[argparse.Namespace, Settings], int]
-COMMAND_MODULES = (cli_db, cli_data, cli_eval, cli_extract, cli_model, cli_sync, cli_encoder)
+COMMAND_MODULES = (
+    cli_db,
+    cli_data,
+    cli_eval,
+    cli_extract,
+    cli_model,
+    cli_calibrate,
+    cli_sync,
+    cli_encoder,
+)
 
 
 def _default_config() -> Path | None:

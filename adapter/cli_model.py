@@ -10,6 +10,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from psycopg_pool import ConnectionPool
 
@@ -82,7 +83,9 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--threads", type=int, help="torch threads (default: model/encoder threads)")
     p.add_argument("--dev", type=Path, help=f"encoder: dev corpus scored per epoch ({DEFAULT_DEV})")
-    p.add_argument("--max-steps", type=int, help="encoder: stop after this many steps")
+    p.add_argument(
+        "--max-steps", type=int, help="stop after this many steps (LLM: resumes, then saves)"
+    )
     p.add_argument("--resume", action="store_true", help="encoder: continue (the LLM always does)")
 
 
@@ -197,7 +200,8 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
             data = build_encoded(tok, chosen, lookup, opts, lexicon.candidates)
             fingerprint = _fingerprint(base, args.train, opts)
             ckpt = settings.state_dir / "checkpoints" / fingerprint[:16]
-            result = train_lora(base, data, opts, out_dir, ckpt, fingerprint, tok.pad_token_id or 0)
+            pad = tok.pad_token_id or 0
+            result = train_lora(base, data, opts, out_dir, ckpt, fingerprint, pad, args.max_steps)
             _write_manifest(out_dir, base, args.train, opts, result, len(data))
             print(
                 f"adapter saved to {out_dir}: {result.steps} steps, "
@@ -212,7 +216,8 @@ def _fingerprint(base: Path, train: Path, opts: TrainOptions) -> str:
             "base": base_identity(base),
             "train": file_sha256(train),
             "opts": options_json(opts),
-            "init": _init_identity(opts),
+            # The warm start's weights identify it (its recorded runs are derived from them).
+            "init": {k: v for k, v in _init_identity(opts).items() if k != "runs"},
             "tasks": task_version(),
         },
         sort_keys=True,
@@ -220,14 +225,17 @@ def _fingerprint(base: Path, train: Path, opts: TrainOptions) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _init_identity(opts: TrainOptions) -> dict[str, str]:
+def _init_identity(opts: TrainOptions) -> dict[str, Any]:
     """Path and weight hash of the warm-start adapter ({} for a fresh one)."""
     if not opts.init_adapter:
         return {}
     weights = Path(opts.init_adapter) / "adapter_model.safetensors"
     if not weights.is_file():
         raise ModelLoadError(f"--init {opts.init_adapter}: no adapter_model.safetensors")
-    return {"path": opts.init_adapter, "sha256": file_sha256(weights)}
+    from adapter.cli_calibrate import training_runs
+
+    runs = [options_json(r) for r in training_runs(Path(opts.init_adapter))]
+    return {"path": opts.init_adapter, "sha256": file_sha256(weights), "runs": runs}
 
 
 def _write_manifest(

@@ -164,7 +164,13 @@ def _llm_backend(
     pool: ConnectionPool | None,
     lexicon: Lexicon,
 ) -> LlmBackend:
-    from extraction.llm import Generator, adapter_prompt_versions, base_identity, load_model
+    from extraction.llm import (
+        Generator,
+        adapter_label_offsets,
+        adapter_prompt_versions,
+        base_identity,
+        load_model,
+    )
     from extraction.llm_backend import LlmOptions
 
     base = base_model_dir(settings)
@@ -197,6 +203,9 @@ def _llm_backend(
         known_only=settings.extraction.known_only,
         lexicon_floor=settings.extraction.lexicon_floor,
         prompt_versions=tuple(versions.items()),
+        label_offsets=tuple(adapter_label_offsets(adapter).items())
+        if settings.extraction.label_calibration
+        else (),
     )
     from extraction.llm_backend import LlmBackend
 

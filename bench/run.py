@@ -51,7 +51,12 @@ def _generator_counters(extractor: Extractor) -> dict[str, int]:
     gen = next((g for g in (getattr(b, "gen", None) for b in parts) if g is not None), None)
     if gen is None:
         return {}
-    return {"prompt_tokens": gen.prompt_tokens, "generated_tokens": gen.generated_tokens}
+    return {
+        "prompt_tokens": gen.prompt_tokens,
+        "generated_tokens": gen.generated_tokens,
+        "reused_tokens": gen.reused_tokens,
+        **{f"{part}_ms": int(1000 * sec) for part, sec in gen.seconds.items()},
+    }
 
 
 def bench_backend(
@@ -86,6 +91,16 @@ def bench_backend(
         prompt_sent = after_sent["prompt_tokens"] - before["prompt_tokens"]
         out["generated_tokens_per_second"] = round(gen_tokens / (sent_s + note_s), 2)
         out["prompt_tokens_per_sentence"] = round(prompt_sent / max(1, len(sentences)), 1)
+        reused = after_sent["reused_tokens"] - before["reused_tokens"]
+        out["prompt_tokens_computed_per_sentence"] = round(
+            (prompt_sent - reused) / max(1, len(sentences)), 1
+        )
+        # Where the notes' time goes (seconds of prefill / decode / label scoring).
+        out["notes_seconds_by_part"] = {
+            key[:-3]: round((after[key] - after_sent.get(key, 0)) / 1000, 1)
+            for key in after
+            if key.endswith("_ms")
+        }
     return out
 
 

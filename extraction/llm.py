@@ -11,6 +11,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,6 +132,15 @@ def adapter_prompt_versions(path: Path | None) -> dict[str, int]:
         raise ModelLoadError(f"{manifest}: {exc}") from exc
 
 
+def adapter_label_offsets(path: Path | None) -> dict[str, tuple[float, ...]]:
+    """Per-task label offsets that `dsfhir calibrate` stored in a shared adapter's manifest."""
+    manifest = path / "manifest.json" if path is not None else None
+    if manifest is None or not manifest.is_file():
+        return {}
+    fitted = json.loads(manifest.read_text()).get("calibration", {})
+    return {task: tuple(float(x) for x in fit["offsets"]) for task, fit in fitted.items()}
+
+
 def load_model(
     base_dir: Path,
     adapter_dir: Path | None,
@@ -197,6 +207,8 @@ class Generator:
         self.prompt_tokens = 0
         self.generated_tokens = 0
         self.reused_tokens = 0  # prompt tokens served from the shared-prefix cache
+        # Where the time goes: prompt prefill (generation), decoding, label scoring.
+        self.seconds: dict[str, float] = {"prefill": 0.0, "decode": 0.0, "score": 0.0}
 
     @staticmethod
     def _batches(rows: Sequence[Sequence[int]], size: int) -> list[list[int]]:
@@ -280,7 +292,10 @@ class Generator:
         model = self.loaded.model
         seqs: list[list[int]] = [[] for _ in rows]
         with torch.inference_mode():
+            began = time.perf_counter()
             out, mask = self._prefill(rows, shared, cache)
+            self.seconds["prefill"] += time.perf_counter() - began
+            began = time.perf_counter()
             alive = torch.arange(len(rows), device=mask.device)
             for _ in range(self.max_new_tokens):
                 nxt = out.logits[:, -1, :].argmax(dim=-1)
@@ -302,6 +317,7 @@ class Generator:
                     past_key_values=out.past_key_values,
                     use_cache=True,
                 )
+        self.seconds["decode"] += time.perf_counter() - began
         return [self._decode(seq) for seq in seqs]
 
     def _closed(self, seq: list[int]) -> bool:
@@ -322,21 +338,34 @@ class Generator:
         text: str = self.loaded.tokenizer.decode(seq[:cut], skip_special_tokens=True)
         return text
 
-    def choose(self, prompts: Sequence[str], options: Sequence[int]) -> list[int]:
-        """For each prompt, the index of the option token the model ranks highest next."""
+    def option_logits(self, prompts: Sequence[str], options: Sequence[int]) -> list[list[float]]:
+        """For each prompt, the next-token logits of the option tokens (one forward pass)."""
         import torch
 
-        choices = [0] * len(prompts)
+        scores: list[list[float]] = [[] for _ in prompts]
         if not prompts:
-            return choices
+            return scores
         option_ids = torch.tensor(list(options), device=self.loaded.device)
         rows = self._tokenize(prompts)
         shared, cache = self._prefix(rows)
         for idx in self._batches(rows, self.score_batch_size):
+            began = time.perf_counter()
             with torch.inference_mode():
                 out, _ = self._prefill([rows[i] for i in idx], shared, cache)
-            logits = out.logits[:, -1, :]
-            best = logits.index_select(1, option_ids).argmax(dim=-1).tolist()
-            for i, b in zip(idx, best, strict=True):
-                choices[i] = int(b)
-        return choices
+            self.seconds["score"] += time.perf_counter() - began
+            picked = out.logits[:, -1, :].index_select(1, option_ids).float().tolist()
+            for i, row in zip(idx, picked, strict=True):
+                scores[i] = row
+        return scores
+
+    def choose(
+        self, prompts: Sequence[str], options: Sequence[int], offsets: Sequence[float] = ()
+    ) -> list[int]:
+        """For each prompt, the index of the option the model ranks highest next, after adding
+        the per-option ``offsets`` (label-prior correction, see extraction.calibration)."""
+        shift = list(offsets) or [0.0] * len(options)
+        picks = []
+        for row in self.option_logits(prompts, options):
+            shifted = [value + offset for value, offset in zip(row, shift, strict=True)]
+            picks.append(max(range(len(shifted)), key=shifted.__getitem__))
+        return picks

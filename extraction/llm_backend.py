@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from extraction.api import EngineInfo
 from extraction.corpus import Entity, Record, Relation, Usage
@@ -20,6 +20,14 @@ from extraction.parsing import find_span, parse_list
 from extraction.pipeline import Labels, SentenceResult
 from extraction.rules import product_mentions, with_lexicon_floor
 from extraction.tasks import ANSWER_PREFIX, LABELS, Demo, mark, render_prompt
+
+
+def option_token_ids(tokenizer: Any) -> dict[str, list[int]]:
+    """The first token of each label: labels are scored on it (they differ there)."""
+    return {
+        task: [tokenizer.encode(lab, add_special_tokens=False)[0] for lab in labels]
+        for task, labels in LABELS.items()
+    }
 
 
 class Retriever(Protocol):
@@ -43,6 +51,8 @@ class LlmOptions:
     lexicon_floor: bool = False  # lexicon products the model missed are added, spans snapped
     # (task, version) of the prompt templates the adapter was trained with; absent = current.
     prompt_versions: tuple[tuple[str, int], ...] = ()
+    # (task, per-label logit offsets) fitted by `dsfhir calibrate`; absent = none.
+    label_offsets: tuple[tuple[str, tuple[float, ...]], ...] = ()
 
 
 class LlmBackend:
@@ -61,11 +71,7 @@ class LlmBackend:
         self.lexicon = lexicon
         self._info = info
         self.opts = options or LlmOptions()
-        tok = generator.loaded.tokenizer
-        self._option_ids = {
-            task: [tok.encode(lab, add_special_tokens=False)[0] for lab in labels]
-            for task, labels in LABELS.items()
-        }
+        self._option_ids = option_token_ids(generator.loaded.tokenizer)
 
     @property
     def info(self) -> EngineInfo:
@@ -152,7 +158,8 @@ class LlmBackend:
             return []
         prompts = [p + ANSWER_PREFIX[task] for p in self._prompts(task, marked)]
         self.gen.loaded.use(task)
-        picks = self.gen.choose(prompts, self._option_ids[task])
+        offsets = dict(self.opts.label_offsets).get(task, ())
+        picks = self.gen.choose(prompts, self._option_ids[task], offsets)
         return [LABELS[task][p] for p in picks]
 
     def _classify_usage(

@@ -133,8 +133,12 @@ def train_lora(
     ckpt_dir: Path,
     fingerprint: str,
     pad_id: int,
+    max_steps: int | None = None,
 ) -> TrainResult:
-    """Train, checkpointing as it goes; resume from ``ckpt_dir`` when it matches ``fingerprint``."""
+    """Train, checkpointing as it goes; resume from ``ckpt_dir`` when it matches ``fingerprint``.
+
+    ``max_steps`` stops early (the schedule is still the full run's), e.g. to ship a run cut
+    short: rerun the same command with it and the adapter is saved from the checkpoint."""
     import torch
 
     model = _lora_model(base_dir, opts)
@@ -145,9 +149,10 @@ def train_lora(
     total = max(1, math.ceil(per_epoch * opts.epochs))
     scheduler = _schedule(optimizer, total, opts.warmup)
     start, losses = _load_checkpoint(ckpt_dir, model, optimizer, scheduler, fingerprint)
+    end = min(total, max_steps) if max_steps else total
     random.seed(opts.seed)
     began = time.monotonic()
-    for step in range(start, total):
+    for step in range(start, end):
         epoch, pos = divmod(step, per_epoch)
         batch = collate(data, batches(data, opts, epoch)[pos], pad_id)
         loss = model(**batch).loss
@@ -157,13 +162,13 @@ def train_lora(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
-        _progress(step + 1, total, start, began, losses)
-        if (step + 1) % opts.checkpoint_every == 0 or step + 1 == total:
+        _progress(step + 1, end, start, began, losses)
+        if (step + 1) % opts.checkpoint_every == 0 or step + 1 == end:
             _save_checkpoint(ckpt_dir, model, optimizer, scheduler, step + 1, losses, fingerprint)
     _save_adapter(model, out_dir, opts)
     window = max(1, min(20, len(losses) // 5 or 1))
     return TrainResult(
-        steps=total,
+        steps=max(start, end),
         seconds=time.monotonic() - began,
         first_loss=sum(losses[:window]) / window if losses else 0.0,
         last_loss=sum(losses[-window:]) / window if losses else 0.0,

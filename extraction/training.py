@@ -131,6 +131,16 @@ def collate(data: Sequence[Encoded], idx: Sequence[int], pad_id: int) -> dict[st
     }
 
 
+def options_from_json(data: dict[str, Any]) -> TrainOptions:
+    """The TrainOptions a manifest recorded (lists back to tuples; unknown keys refused)."""
+    fields: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "max_per_task":
+            value = tuple((task, int(cap)) for task, cap in value)
+        fields[key] = tuple(value) if isinstance(value, list) else value
+    return TrainOptions(**fields)
+
+
 def options_json(opts: TrainOptions) -> dict[str, Any]:
     data: dict[str, Any] = json.loads(json.dumps(asdict(opts)))
     return data

@@ -278,3 +278,16 @@ def test_adapter_prompt_versions_follow_the_manifest(tmp_path: Path) -> None:
     (tmp_path / "manifest.json").write_text(json.dumps({"task_version": "ner.v1"}))
     with pytest.raises(ModelLoadError, match=r"manifest\.json"):
         adapter_prompt_versions(tmp_path)
+
+
+def test_label_offsets_shift_the_choice(base_dir: Path, lexicon: Lexicon) -> None:
+    """Calibration offsets are added to the option logits before the argmax."""
+    from extraction.llm_backend import option_token_ids
+
+    gen = Generator(load_model(base_dir, None), score_batch_size=2)
+    prompts = _backend(gen.loaded, lexicon)._prompts("re", ["Took <<fish oil>> for [[pain]]."] * 3)
+    options = option_token_ids(gen.loaded.tokenizer)["re"]
+    logits = gen.option_logits(prompts, options)
+    plain = gen.choose(prompts, options)
+    assert plain == [max(range(3), key=row.__getitem__) for row in logits]
+    assert gen.choose(prompts, options, (0.0, 0.0, 1000.0)) == [2, 2, 2]

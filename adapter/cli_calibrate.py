@@ -1,0 +1,142 @@
+"""``dsfhir calibrate``: fit the RE/UC label-prior offsets of a trained adapter.
+
+Scores the training instances the adapter never saw (see extraction.calibration), fits one
+offset per label against the task's metric, and stores the fit in the adapter's manifest,
+where the LLM backend picks it up (``extraction.label_calibration``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from adapter.config import Settings
+from adapter.engine import adapter_dir, base_model_dir
+from extraction.calibration import (
+    SCORED_TASKS,
+    Fit,
+    fit_offsets,
+    gold_index,
+    score,
+    unseen_instances,
+)
+from extraction.corpus import load_corpus
+from extraction.errors import ModelLoadError
+from extraction.llm import file_sha256
+from extraction.tasks import ANSWER_PREFIX, Instance, instances, render_prompt
+from extraction.training import TrainOptions, options_from_json, options_json
+
+DEFAULT_TRAIN = Path("data/corpus/train.jsonl")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "calibrate",
+        help="fit RE/UC label offsets on training instances the adapter never saw",
+        description="Writes the fit into the adapter's manifest.json (key 'calibration').",
+    )
+    p.add_argument("--adapter", type=Path, help="shared adapter dir (default: model.adapter)")
+    p.add_argument("--train", type=Path, default=DEFAULT_TRAIN, help="the training corpus")
+    p.add_argument("--limit", type=int, default=0, help="at most this many instances per task")
+    p.add_argument(
+        "--check", type=Path, help="also report the fitted offsets' effect on this corpus (dev)"
+    )
+    p.add_argument("--threads", type=int, help="torch threads (default: model.threads)")
+    p.set_defaults(handler=_calibrate)
+
+
+def training_runs(adapter: Path) -> list[TrainOptions]:
+    """The options of every run behind an adapter: its own, then its warm starts' (recorded
+    in the manifest, or read from the warm-start adapter while it is still there)."""
+    manifest = adapter / "manifest.json"
+    if not manifest.is_file():
+        raise ModelLoadError(f"{manifest} is missing: cannot tell which instances it saw")
+    data = json.loads(manifest.read_text())
+    runs = [options_from_json(data["train_options"])]
+    init = data.get("init_adapter") or {}
+    if not init:
+        return runs
+    if "runs" in init:
+        return runs + [options_from_json(r) for r in init["runs"]]
+    weights = Path(init["path"]) / "adapter_model.safetensors"
+    if not weights.is_file() or file_sha256(weights) != init["sha256"]:
+        raise ModelLoadError(
+            f"{manifest}: warm-start adapter {init['path']} is gone or changed, and the "
+            "manifest does not record its training runs"
+        )
+    return runs + training_runs(Path(init["path"]))
+
+
+def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+
+    from extraction.llm import Generator, adapter_prompt_versions, load_model
+    from extraction.llm_backend import option_token_ids
+
+    adapter = args.adapter or adapter_dir(settings)
+    if adapter is None or not (adapter / "adapter_config.json").is_file():
+        print(f"no shared adapter at {adapter} (per-task adapters are not calibrated)")
+        return 1
+    torch.set_num_threads(args.threads or settings.model.threads)
+    pool = [i for r in load_corpus(args.train) for i in instances(r)]
+    runs = training_runs(adapter)
+    unseen = unseen_instances(pool, runs)
+    model = settings.model
+    loaded = load_model(base_model_dir(settings), adapter, model.device, model.dtype)
+    gen = Generator(loaded, model.batch_size, model.max_new_tokens, model.score_batch_size)
+    options = option_token_ids(loaded.tokenizer)
+    versions = adapter_prompt_versions(adapter)
+    check = [i for r in load_corpus(args.check) for i in instances(r)] if args.check else []
+
+    def logits(items: Sequence[Instance]) -> np.ndarray:
+        task = items[0].task
+        prompts = [
+            render_prompt(task, i.input, [], None, versions[task]) + ANSWER_PREFIX[task]
+            for i in items
+        ]
+        return np.asarray(gen.option_logits(prompts, options[task]), dtype=np.float32)
+
+    fits = {}
+    for task in SCORED_TASKS:
+        items = _sample([i for i in unseen if i.task == task], args.limit)
+        fit = fit_offsets(task, logits(items), [gold_index(task, i.target) for i in items])
+        fits[task] = fit
+        print(_line(fit))
+        held = [i for i in check if i.task == task]
+        if held:  # reported only: nothing is fitted on this corpus
+            gold = np.asarray([gold_index(task, i.target) for i in held])
+            raw = logits(held)
+            before = score(task, gold, raw.argmax(axis=1))
+            after = score(task, gold, (raw + np.asarray(fit.offsets)).argmax(axis=1))
+            print(f"  {args.check} (gold entities, {len(held)}): {before:.3f} -> {after:.3f}")
+    _store(adapter / "manifest.json", fits, runs)
+    print(f"calibration written to {adapter / 'manifest.json'}")
+    return 0
+
+
+def _sample(items: Sequence[Instance], limit: int) -> list[Instance]:
+    if not limit or len(items) <= limit:
+        return list(items)
+    return random.Random(7).sample(list(items), limit)
+
+
+def _line(fit: Fit) -> str:
+    metric = "macro-F1" if fit.task == "re" else "accuracy"
+    offsets = ", ".join(f"{x:+.2f}" for x in fit.offsets)
+    return (
+        f"{fit.task}: {fit.n} unseen instances, {metric} {fit.before:.3f} -> {fit.after:.3f} "
+        f"(offsets {offsets})"
+    )
+
+
+def _store(manifest: Path, fits: dict[str, Fit], runs: Sequence[TrainOptions]) -> None:
+    data = json.loads(manifest.read_text())
+    data["calibration"] = {task: fit.as_dict() for task, fit in fits.items()}
+    if data.get("init_adapter"):  # self-contained from now on, wherever the adapter goes
+        data["init_adapter"]["runs"] = [options_json(r) for r in runs[1:]]
+    manifest.write_text(json.dumps(data, indent=1) + "\n")
