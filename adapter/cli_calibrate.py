@@ -20,7 +20,7 @@ from adapter.engine import adapter_dir, base_model_dir
 from extraction.calibration import (
     SCORED_TASKS,
     Fit,
-    fit_offsets,
+    cross_checked_fit,
     gold_index,
     score,
     unseen_instances,
@@ -104,7 +104,7 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
     fits = {}
     for task in SCORED_TASKS:
         items = _sample([i for i in unseen if i.task == task], args.limit)
-        fit = fit_offsets(task, logits(items), [gold_index(task, i.target) for i in items])
+        fit = cross_checked_fit(task, logits(items), [gold_index(task, i.target) for i in items])
         fits[task] = fit
         print(_line(fit))
         held = [i for i in check if i.task == task]
@@ -130,7 +130,7 @@ def _line(fit: Fit) -> str:
     offsets = ", ".join(f"{x:+.2f}" for x in fit.offsets)
     return (
         f"{fit.task}: {fit.n} unseen instances, {metric} {fit.before:.3f} -> {fit.after:.3f} "
-        f"(offsets {offsets})"
+        f"(offsets {offsets}; two-fold held-out gain {fit.held_out_gain:+.3f})"
     )
 
 

@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action=argparse.BooleanOptionalAction,
         help="override extraction.lexicon_floor",
     )
+    ex.add_argument(
+        "--calibration",
+        action=argparse.BooleanOptionalAction,
+        help="override extraction.label_calibration",
+    )
     ex.set_defaults(handler=_extract)
 
 
@@ -58,6 +63,8 @@ def overridden(args: argparse.Namespace, settings: Settings) -> Settings:
         ext["lexicon_gate"] = False
     if args.lexicon_floor is not None:
         ext["lexicon_floor"] = args.lexicon_floor
+    if args.calibration is not None:
+        ext["label_calibration"] = args.calibration
     update: dict[str, Any] = {"extraction": settings.extraction.model_copy(update=ext)}
     if args.k is not None:
         update["retrieval"] = settings.retrieval.model_copy(update={"k": args.k})

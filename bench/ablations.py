@@ -27,7 +27,8 @@ FIXED: dict[str, list[str]] = {
     "encoder+floor": ["--backend", "encoder", "--lexicon-floor"],
     "base-zero-shot": ["--backend", "llm", "--adapter", "none", "--k", "0"],
 }
-# Model runs "<family>-k<N>[+modifier...]", e.g. ft-k1, per-task-k0+te-task, hybrid-k0+floor.
+# Model runs "<family>-k<N>[+modifier...]", e.g. ft-k1, per-task-k0+te-task, hybrid-k0+floor,
+# ft-k0+floor+cal (label calibration from the adapter manifest).
 FAMILIES: dict[str, list[str]] = {
     "ft": ["--backend", "llm"],  # the shipped shared adapter
     "per-task": ["--backend", "llm", "--adapter", "{per_task}"],
@@ -38,6 +39,7 @@ MODIFIERS: dict[str, list[str]] = {
     "te-task": ["--te-mode", "task"],
     "floor": ["--lexicon-floor"],
     "nogate": ["--no-gate"],
+    "cal": ["--calibration"],
 }
 
 
@@ -50,8 +52,11 @@ def extract_args(name: str, per_task: Path) -> list[str]:
     if family not in FAMILIES or not k.isdigit() or any(m not in MODIFIERS for m in mods):
         raise ValueError(f"unknown run {name!r}")
     args = [a.replace("{per_task}", str(per_task)) for a in FAMILIES[family]] + ["--k", k]
-    if "floor" not in mods:  # pinned: the configured default must not change what a name means
+    # Pinned: the configured defaults must not change what a name means.
+    if "floor" not in mods:
         args.append("--no-lexicon-floor")
+    if "cal" not in mods:
+        args.append("--no-calibration")
     return args + [a for m in mods for a in MODIFIERS[m]]
 
 

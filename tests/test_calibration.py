@@ -81,3 +81,19 @@ def test_training_runs_follow_warm_starts(tmp_path: Path) -> None:
     init["runs"] = [options_json(first)]  # recorded: no longer needs the old adapter
     (new / "manifest.json").write_text(json.dumps(manifest))
     assert training_runs(new) == [second, first]
+
+
+def test_a_correction_that_does_not_generalise_is_dropped() -> None:
+    from extraction.calibration import cross_checked_fit
+
+    rng = np.random.default_rng(1)
+    gold = rng.integers(0, 4, size=200)
+    logits = rng.normal(size=(200, 4)).astype(np.float32)  # pure noise: nothing to correct
+    fit = cross_checked_fit("uc", logits, list(gold))
+    assert fit.offsets == (0.0, 0.0, 0.0, 0.0) and fit.after == fit.before
+    assert fit.held_out_gain is not None and fit.held_out_gain < 0.02
+    logits[np.arange(200), gold] += 1.5
+    logits[:, 0] += 2.5  # a real, learnable prior skew
+    kept = cross_checked_fit("uc", logits, list(gold))
+    assert kept.after > kept.before and kept.held_out_gain is not None
+    assert kept.held_out_gain >= 0.02
