@@ -22,11 +22,26 @@ from adapter.engine import base_model_dir, load_lexicon, open_index
 from extraction.corpus import load_corpus
 from extraction.encoder.config import TrainConfig
 from extraction.errors import ModelLoadError
+from extraction.lexicon import Lexicon
 from extraction.llm import base_identity, file_sha256, prepare_base
 from extraction.retrieval import Example
-from extraction.tasks import TASKS, Demo, Instance, instances, task_version
+from extraction.tasks import (
+    PROMPT_VERSIONS,
+    TASKS,
+    Demo,
+    Instance,
+    instances,
+    parse_task_version,
+    task_version,
+)
 from extraction.train_loop import TrainResult
-from extraction.training import TrainOptions, build_encoded, options_json, select_instances
+from extraction.training import (
+    DemoLookup,
+    TrainOptions,
+    build_encoded,
+    options_json,
+    select_instances,
+)
 
 log = logging.getLogger(__name__)
 DEFAULT_TRAIN = Path("data/corpus/train.jsonl")
@@ -77,6 +92,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
         "--checkpoint-every",
         type=int,
         help=f"LLM {d.checkpoint_every}, encoder {e.checkpoint_every}",
+    )
+    p.add_argument(
+        "--prompt-versions",
+        help="llm: train on these prompt versions, e.g. ner.v1+re.v1+uc.v1+te.v1 (default: "
+        "the current ones)",
     )
     p.add_argument(
         "--init", type=Path, help="llm: continue from this adapter (warm start; its rank applies)"
@@ -158,8 +178,6 @@ def _caps(spec: str, tasks: Sequence[str]) -> tuple[tuple[str, int], ...]:
 def _train(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
-    from extraction.train_loop import train_lora
-
     if args.backend == "encoder":
         return train_encoder(args, settings)
 
@@ -173,9 +191,13 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
         return 1
     all_tasks = args.tasks.split(",")
     groups = [[t] for t in all_tasks] if args.per_task else [all_tasks]
+    outs = [out_root / g[0] if args.per_task else out_root for g in groups]
+    if args.init is not None:
+        check_warm_start(args.init, outs, _options(args, all_tasks))
+    versions = parse_task_version(args.prompt_versions) if args.prompt_versions else None
     base = prepare_base(base_model_dir(settings))
     lexicon = load_lexicon(settings)
-    pool_items = [i for r in load_corpus(args.train) for i in instances(r)]
+    pool_items = [i for r in load_corpus(args.train) for i in instances(r, versions)]
     with migrated_pool(settings) as pool:
         index = open_index(settings, pool)
 
@@ -190,27 +212,61 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
                     out[n] = demos
             return out
 
-        for tasks in groups:
-            out_dir = out_root / tasks[0] if args.per_task else out_root
+        for tasks, out_dir in zip(groups, outs, strict=True):
             opts = _options(args, tasks)
-            from transformers import AutoTokenizer
-
-            tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
             chosen = select_instances(pool_items, opts)
-            data = build_encoded(tok, chosen, lookup, opts, lexicon.candidates)
-            fingerprint = _fingerprint(base, args.train, opts)
-            ckpt = settings.state_dir / "checkpoints" / fingerprint[:16]
-            pad = tok.pad_token_id or 0
-            result = train_lora(base, data, opts, out_dir, ckpt, fingerprint, pad, args.max_steps)
-            _write_manifest(out_dir, base, args.train, opts, result, len(data))
-            print(
-                f"adapter saved to {out_dir}: {result.steps} steps, "
-                f"loss {result.first_loss:.3f} -> {result.last_loss:.3f}"
-            )
+            _train_one(args, settings, base, out_dir, opts, (chosen, lookup, lexicon, versions))
     return 0
 
 
-def _fingerprint(base: Path, train: Path, opts: TrainOptions) -> str:
+TrainInputs = tuple[list[Instance], DemoLookup, Lexicon, dict[str, int] | None]
+
+
+def _train_one(
+    args: argparse.Namespace,
+    settings: Settings,
+    base: Path,
+    out_dir: Path,
+    opts: TrainOptions,
+    inputs: TrainInputs,
+) -> None:
+    from transformers import AutoTokenizer
+
+    from extraction.train_loop import train_lora
+
+    chosen, lookup, lexicon, versions = inputs
+    tok = AutoTokenizer.from_pretrained(base, local_files_only=True)
+    data = build_encoded(tok, chosen, lookup, opts, lexicon.candidates, versions)
+    stamp = task_version(versions or PROMPT_VERSIONS)
+    fingerprint = _fingerprint(base, args.train, opts, stamp)
+    ckpt = settings.state_dir / "checkpoints" / fingerprint[:16]
+    pad = tok.pad_token_id or 0
+    result = train_lora(base, data, opts, out_dir, ckpt, fingerprint, pad, args.max_steps)
+    _write_manifest(out_dir, base, args.train, opts, result, len(data), stamp)
+    print(
+        f"adapter saved to {out_dir}: {result.steps} steps, "
+        f"loss {result.first_loss:.3f} -> {result.last_loss:.3f}"
+    )
+
+
+def check_warm_start(init: Path, outs: Sequence[Path], opts: TrainOptions) -> None:
+    """A warm start must not overwrite its own source, and the LoRA shape comes from it: the
+    options that would silently not apply are refused instead."""
+    if any(init.resolve() == out.resolve() for out in outs):
+        raise ModelLoadError(f"--init {init} is also the output directory: pass another --out")
+    config_path = init / "adapter_config.json"
+    if not config_path.is_file():
+        raise ModelLoadError(f"--init {init}: not a (shared) LoRA adapter directory")
+    config = json.loads(config_path.read_text())
+    found = (config.get("r"), config.get("lora_alpha"), set(config.get("target_modules") or ()))
+    if found != (opts.rank, opts.alpha, set(opts.targets)):
+        raise ModelLoadError(
+            f"--init {init} has rank {found[0]}, alpha {found[1]}, targets "
+            f"{','.join(sorted(found[2]))}: pass the same --rank/--alpha/--targets"
+        )
+
+
+def _fingerprint(base: Path, train: Path, opts: TrainOptions, stamp: str) -> str:
     payload = json.dumps(
         {
             "base": base_identity(base),
@@ -218,7 +274,7 @@ def _fingerprint(base: Path, train: Path, opts: TrainOptions) -> str:
             "opts": options_json(opts),
             # The warm start's weights identify it (its recorded runs are derived from them).
             "init": {k: v for k, v in _init_identity(opts).items() if k != "runs"},
-            "tasks": task_version(),
+            "tasks": stamp,
         },
         sort_keys=True,
     )
@@ -234,18 +290,24 @@ def _init_identity(opts: TrainOptions) -> dict[str, Any]:
         raise ModelLoadError(f"--init {opts.init_adapter}: no adapter_model.safetensors")
     from adapter.cli_calibrate import training_runs
 
-    runs = [options_json(r) for r in training_runs(Path(opts.init_adapter))]
+    runs = [run.as_dict() for run in training_runs(Path(opts.init_adapter))]
     return {"path": opts.init_adapter, "sha256": file_sha256(weights), "runs": runs}
 
 
 def _write_manifest(
-    out_dir: Path, base: Path, train: Path, opts: TrainOptions, result: TrainResult, n: int
+    out_dir: Path,
+    base: Path,
+    train: Path,
+    opts: TrainOptions,
+    result: TrainResult,
+    n: int,
+    stamp: str,
 ) -> None:
     weights = out_dir / "adapter_model.safetensors"
     manifest = {
         "base_model": base_identity(base),
         "adapter_sha256": file_sha256(weights),
-        "task_version": task_version(),
+        "task_version": stamp,
         "corpus": {str(train): file_sha256(train)},
         "train_options": options_json(opts),
         "init_adapter": _init_identity(opts),

@@ -6,6 +6,7 @@ callers (CLI, worker) never construct models, lexicons or retrievers themselves.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from extraction.tasks import Demo, task_version
 
 if TYPE_CHECKING:
     from extraction.encoder.backend import EncoderBackend
-    from extraction.llm_backend import LlmBackend
+    from extraction.llm_backend import LlmBackend, LlmOptions
 
 BASE_MODEL_DIRNAME = "smollm2-135m-instruct"
 # Every [extraction] backend value; hybrids are named "<NER backend>+<RE/UC backend>".
@@ -164,22 +165,14 @@ def _llm_backend(
     pool: ConnectionPool | None,
     lexicon: Lexicon,
 ) -> LlmBackend:
-    from extraction.llm import (
-        Generator,
-        adapter_label_offsets,
-        adapter_prompt_versions,
-        base_identity,
-        load_model,
-    )
-    from extraction.llm_backend import LlmOptions
+    from extraction.llm import Generator, base_identity, load_model
+    from extraction.llm_backend import LlmBackend
 
     base = base_model_dir(settings)
     adapter = adapter_dir(settings)
-    loaded = load_model(
-        base, adapter, settings.model.device, settings.model.dtype, settings.model.threads
-    )
-    _check_task_adapters(settings, adapter, loaded.task_adapters)
     model = settings.model
+    loaded = load_model(base, adapter, model.device, model.dtype, model.threads)
+    _check_task_adapters(settings, adapter, loaded.task_adapters)
     generator = Generator(loaded, model.batch_size, model.max_new_tokens, model.score_batch_size)
     index = open_index(settings, pool) if uses_retrieval(settings) and pool else None
     if index is not None and index.count() == 0:
@@ -187,29 +180,43 @@ def _llm_backend(
             f"retrieval.k = {settings.retrieval.k} but the retrieval index is empty "
             "(run `dsfhir index build`, or set retrieval.k = 0)"
         )
-    retriever = IndexRetriever(index)
-    versions = adapter_prompt_versions(adapter)
+    options = llm_options(settings, adapter, k=settings.retrieval.k if index is not None else 0)
     info = EngineInfo(
         backend="llm",
         software_version=software_version(),
-        task_version=task_version(versions),
+        task_version=task_version(dict(options.prompt_versions)),
         base_model=base_identity(base)["name"],
-        adapter=_adapter_name(adapter),
+        adapter=_adapter_name(adapter) + calibration_tag(options),
     )
-    options = LlmOptions(
-        k=settings.retrieval.k if index is not None else 0,
-        te_mode=settings.extraction.te_mode,
-        lexicon_gate=settings.extraction.lexicon_gate,
-        known_only=settings.extraction.known_only,
-        lexicon_floor=settings.extraction.lexicon_floor,
-        prompt_versions=tuple(versions.items()),
-        label_offsets=tuple(adapter_label_offsets(adapter).items())
-        if settings.extraction.label_calibration
-        else (),
-    )
-    from extraction.llm_backend import LlmBackend
+    return LlmBackend(generator, IndexRetriever(index), lexicon, info, options)
 
-    return LlmBackend(generator, retriever, lexicon, info, options)
+
+def llm_options(settings: Settings, adapter: Path | None, k: int) -> LlmOptions:
+    """The LLM backend's options: configured switches plus what the adapter's manifest pins
+    (prompt versions, label calibration)."""
+    from extraction.llm import adapter_label_offsets, adapter_prompt_versions
+    from extraction.llm_backend import LlmOptions
+
+    ext = settings.extraction
+    offsets = adapter_label_offsets(adapter) if ext.label_calibration else {}
+    return LlmOptions(
+        k=k,
+        te_mode=ext.te_mode,
+        lexicon_gate=ext.lexicon_gate,
+        known_only=ext.known_only,
+        lexicon_floor=ext.lexicon_floor,
+        prompt_versions=tuple(adapter_prompt_versions(adapter).items()),
+        label_offsets=tuple(offsets.items()),
+    )
+
+
+def calibration_tag(options: LlmOptions) -> str:
+    """``+cal:<digest>`` when label offsets change the outputs, so provenance tells apart the
+    same weights with and without them."""
+    if not options.label_offsets:
+        return ""
+    digest = hashlib.sha256(json.dumps(options.label_offsets).encode()).hexdigest()
+    return f"+cal:{digest[:8]}"
 
 
 def uses_retrieval(settings: Settings) -> bool:

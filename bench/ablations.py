@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -72,14 +73,22 @@ def _slice(src: Path, limit: int, dst: Path) -> Path:
     return dst
 
 
-def _shipped_adapter() -> str:
-    manifest = REPO / "models" / "ramie-smollm2" / "manifest.json"
-    return str(json.loads(manifest.read_text()).get("adapter_sha256", ""))[:12]
+def _adapter_used() -> str:
+    """``dir@sha`` of the shared adapter the runs load (an env override included)."""
+    configured = os.environ.get("DSFHIR_MODEL__ADAPTER") or "models/ramie-smollm2"
+    manifest = REPO / configured / "manifest.json"
+    if not manifest.is_file():
+        return configured
+    sha = str(json.loads(manifest.read_text()).get("adapter_sha256", ""))[:12]
+    return f"{configured}@{sha}"
 
 
-def run(name: str, limit: int, notes: bool, per_task: Path, notes_limit: int = 0) -> dict[str, Any]:
+def run(
+    name: str, limit: int, notes: bool, per_task: Path, notes_limit: int = 0, tag: str = ""
+) -> dict[str, Any]:
     OUT.mkdir(parents=True, exist_ok=True)
     extra = extract_args(name, per_task)
+    name = f"{name}@{tag}" if tag else name  # e.g. the same run on a newer adapter
     gold = _slice(REPO / "data/corpus/dev.jsonl", limit, OUT / f"dev-{limit}.jsonl")
     pred = OUT / f"{name}.dev.pred.jsonl"
     started = time.monotonic()
@@ -97,7 +106,7 @@ def run(name: str, limit: int, notes: bool, per_task: Path, notes_limit: int = 0
     row: dict[str, Any] = {
         "run": name,
         "extract_args": extra,
-        "shipped_adapter": _shipped_adapter(),
+        "adapter": _adapter_used(),
         "dev_records": limit or "all",
         "dev_seconds": round(seconds, 1),
     }
@@ -158,16 +167,19 @@ def main(argv: list[str] | None = None) -> int:
         default=REPO / ".dsfhir" / "adapters" / "per-task",
         help="directory of per-task adapters (dsfhir train --per-task --out DIR)",
     )
+    parser.add_argument(
+        "--tag", default="", help="suffix for report names (name@tag), e.g. the adapter version"
+    )
     args = parser.parse_args(argv)
     summary_path = REPO / "bench" / "results" / "ablations.json"
     names = args.runs.split(",")
     for name in names:
         extract_args(name, args.per_task)  # every name checked before hours of runs start
     for name in names:
-        row = run(name, args.limit, not args.no_notes, args.per_task, args.notes_limit)
+        row = run(name, args.limit, not args.no_notes, args.per_task, args.notes_limit, args.tag)
         # Re-read before writing: runs in parallel processes share the summary file.
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
-        summary[name] = row
+        summary[row["run"]] = row
         summary_path.write_text(json.dumps(summary, indent=1) + "\n")
         print(headline(row), flush=True)
     return 0

@@ -54,7 +54,7 @@ def _generator_counters(extractor: Extractor) -> dict[str, int]:
     return {
         "prompt_tokens": gen.prompt_tokens,
         "generated_tokens": gen.generated_tokens,
-        "reused_tokens": gen.reused_tokens,
+        "computed_tokens": gen.computed_tokens,
         **{f"{part}_ms": int(1000 * sec) for part, sec in gen.seconds.items()},
     }
 
@@ -91,10 +91,8 @@ def bench_backend(
         prompt_sent = after_sent["prompt_tokens"] - before["prompt_tokens"]
         out["generated_tokens_per_second"] = round(gen_tokens / (sent_s + note_s), 2)
         out["prompt_tokens_per_sentence"] = round(prompt_sent / max(1, len(sentences)), 1)
-        reused = after_sent["reused_tokens"] - before["reused_tokens"]
-        out["prompt_tokens_computed_per_sentence"] = round(
-            (prompt_sent - reused) / max(1, len(sentences)), 1
-        )
+        computed = after_sent["computed_tokens"] - before["computed_tokens"]
+        out["prompt_tokens_computed_per_sentence"] = round(computed / max(1, len(sentences)), 1)
         # Where the notes' time goes (seconds of prefill / decode / label scoring).
         out["notes_seconds_by_part"] = {
             key[:-3]: round((after[key] - after_sent.get(key, 0)) / 1000, 1)

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from extraction.errors import ModelLoadError
-from extraction.tasks import PROMPT_VERSIONS, parse_task_version
+from extraction.tasks import LABELS, PROMPT_VERSIONS, instruction, parse_task_version
 
 log = logging.getLogger(__name__)
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -127,18 +127,33 @@ def adapter_prompt_versions(path: Path | None) -> dict[str, int]:
         return dict(PROMPT_VERSIONS)
     stamp = str(json.loads(manifest.read_text()).get("task_version", ""))
     try:
-        return parse_task_version(stamp)
+        versions = parse_task_version(stamp)
+        for task, version in versions.items():
+            instruction(task, version)  # a template this build lacks fails here, not mid-run
     except ValueError as exc:
         raise ModelLoadError(f"{manifest}: {exc}") from exc
+    return versions
 
 
 def adapter_label_offsets(path: Path | None) -> dict[str, tuple[float, ...]]:
-    """Per-task label offsets that `dsfhir calibrate` stored in a shared adapter's manifest."""
+    """Per-task label offsets that `dsfhir calibrate` stored in a shared adapter's manifest,
+    checked against the adapter's weights and the label sets."""
     manifest = path / "manifest.json" if path is not None else None
     if manifest is None or not manifest.is_file():
         return {}
-    fitted = json.loads(manifest.read_text()).get("calibration", {})
-    return {task: tuple(float(x) for x in fit["offsets"]) for task, fit in fitted.items()}
+    data = json.loads(manifest.read_text())
+    fitted = data.get("calibration")
+    if not fitted:
+        return {}
+    if fitted.get("adapter_sha256") != data.get("adapter_sha256"):
+        raise ModelLoadError(f"{manifest}: calibration fitted for other weights (rerun calibrate)")
+    out = {}
+    for task, fit in fitted.get("tasks", {}).items():
+        offsets = tuple(float(x) for x in fit.get("offsets", ()))
+        if task not in LABELS or len(offsets) != len(LABELS[task]):
+            raise ModelLoadError(f"{manifest}: calibration for {task!r} does not fit its labels")
+        out[task] = offsets
+    return out
 
 
 def load_model(
@@ -197,16 +212,18 @@ class Generator:
         max_new_tokens: int = 96,
         score_batch_size: int = 8,
         share_prefix: bool = True,
+        stop_on_json: bool = True,
     ) -> None:
         self.loaded = loaded
         self.batch_size = batch_size
         self.score_batch_size = score_batch_size
         self.share_prefix = share_prefix
+        self.stop_on_json = stop_on_json
         self.max_new_tokens = max_new_tokens
         self.eos_id = loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.prompt_tokens = 0
         self.generated_tokens = 0
-        self.reused_tokens = 0  # prompt tokens served from the shared-prefix cache
+        self.computed_tokens = 0  # prompt tokens actually run (the shared prefix once per call)
         # Where the time goes: prompt prefill (generation), decoding, label scoring.
         self.seconds: dict[str, float] = {"prefill": 0.0, "decode": 0.0, "score": 0.0}
 
@@ -223,7 +240,7 @@ class Generator:
         self.prompt_tokens += sum(len(row) for row in ids)
         return ids
 
-    def _prefix(self, rows: Sequence[Sequence[int]]) -> tuple[int, Any]:
+    def _prefix(self, rows: Sequence[Sequence[int]], part: str) -> tuple[int, Any]:
         """The token prefix every prompt of a call shares (the task's instruction) and its KV
         cache, computed once and reused by every batch: prompts of one task differ only after
         it, and prefill is the compute-bound part on a CPU."""
@@ -233,11 +250,14 @@ class Generator:
         first = rows[0]
         for row in rows[1:]:
             shared = next((n for n in range(shared) if row[n] != first[n]), shared)
-        if shared < MIN_SHARED_PREFIX or not self.share_prefix:
+        if shared < MIN_SHARED_PREFIX or not self.share_prefix or len(rows) == 1:
             return 0, None
+        began = time.perf_counter()
         ids = torch.tensor([first[:shared]], device=self.loaded.device)
         with torch.inference_mode():
             out = self.loaded.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+        self.computed_tokens += shared
+        self.seconds[part] += time.perf_counter() - began
         return shared, out.past_key_values
 
     def _prefill(self, rows: list[Sequence[int]], shared: int, cache: Any, keep: int = 1) -> Any:
@@ -256,7 +276,7 @@ class Generator:
         if cache is not None:
             past = copy.deepcopy(cache)
             past.batch_repeat_interleave(len(rows))
-            self.reused_tokens += shared * len(rows)
+        self.computed_tokens += sum(len(r) - shared for r in rows)
         head = torch.ones((len(rows), shared), dtype=tail_mask.dtype, device=dev)
         mask = torch.cat([head, tail_mask], dim=1)
         # Positions count real tokens only (left padding sits between prefix and prompt).
@@ -277,7 +297,7 @@ class Generator:
         if not prompts:
             return outputs
         rows = self._tokenize(prompts)
-        shared, cache = self._prefix(rows)
+        shared, cache = self._prefix(rows, "prefill")
         for idx in self._batches(rows, self.batch_size):
             texts = self._greedy([rows[i] for i in idx], shared, cache)
             for i, text in zip(idx, texts, strict=True):
@@ -302,7 +322,8 @@ class Generator:
                 done = []
                 for row, token in zip(alive.tolist(), nxt.tolist(), strict=True):
                     seqs[row].append(token)
-                    done.append(token == self.eos_id or self._closed(seqs[row]))
+                    closed = self.stop_on_json and self._closed(seqs[row])
+                    done.append(token == self.eos_id or closed)
                 keep = (~torch.tensor(done, device=nxt.device)).nonzero().flatten()
                 if len(keep) == 0:
                     break
@@ -347,7 +368,7 @@ class Generator:
             return scores
         option_ids = torch.tensor(list(options), device=self.loaded.device)
         rows = self._tokenize(prompts)
-        shared, cache = self._prefix(rows)
+        shared, cache = self._prefix(rows, "score")
         for idx in self._batches(rows, self.score_batch_size):
             began = time.perf_counter()
             with torch.inference_mode():

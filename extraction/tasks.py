@@ -104,6 +104,27 @@ def ner_target(rec: Record, version: int | None = None) -> str:
     return compact(items)
 
 
+def ner_target_as(target: str, version: int) -> str:
+    """A NER answer in a given prompt version's format (v1 always writes the normalized name,
+    v2 only where it differs from the lower-cased mention), e.g. for retrieved demonstrations
+    stored in another version. Anything that is not a NER answer is returned unchanged."""
+    try:
+        items = json.loads(target)
+    except ValueError:
+        return target
+    if not isinstance(items, list):
+        return target
+    out = []
+    for item in items:
+        if isinstance(item, list) and len(item) >= 2 and item[0] == "s":
+            mention = str(item[1])
+            norm = str(item[2]) if len(item) > 2 else mention.lower()
+            short = version >= 2 and norm == mention.lower()
+            item = ["s", mention] if short else ["s", mention, norm]
+        out.append(item)
+    return compact(out)
+
+
 def te_target(rec: Record) -> str:
     triples = []
     for rel in sorted(rec.relations, key=lambda r: rec.entity(r.head).start):
@@ -112,10 +133,11 @@ def te_target(rec: Record) -> str:
     return compact(triples)
 
 
-def instances(rec: Record) -> list[Instance]:
+def instances(rec: Record, versions: Mapping[str, int] | None = None) -> list[Instance]:
     """Every task instance a gold sentence yields (NER/TE per sentence, RE per pair, UC per
-    supplement)."""
-    out = [Instance("ner", rec.id, rec.text, ner_target(rec))]
+    supplement), answers in the given prompt versions' formats (default: the current)."""
+    ner_version = (versions or PROMPT_VERSIONS)["ner"]
+    out = [Instance("ner", rec.id, rec.text, ner_target(rec, ner_version))]
     if rec.supplements:
         out.append(Instance("te", rec.id, rec.text, te_target(rec)))
     status = {u.entity: u.status for u in rec.usage}
@@ -146,7 +168,10 @@ def render_prompt(
     """
     parts = [USER, instruction(task, version), "\n"]
     for demo in demos:
-        parts += ["\nInput: ", _with_hint(task, demo.input, hint), "\nOutput: ", demo.target, "\n"]
+        answer = demo.target
+        if task == "ner":  # the index holds the current format; the adapter may know another
+            answer = ner_target_as(answer, version or PROMPT_VERSIONS["ner"])
+        parts += ["\nInput: ", _with_hint(task, demo.input, hint), "\nOutput: ", answer, "\n"]
     parts += ["\nInput: ", _with_hint(task, text, hint), END, "\n", ASSISTANT]
     return "".join(parts)
 

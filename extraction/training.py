@@ -11,7 +11,7 @@ import json
 import logging
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -64,14 +64,19 @@ def select_instances(pool: Sequence[Instance], opts: TrainOptions) -> list[Insta
 
 
 def encode(
-    tokenizer: Any, inst: Instance, demos: Sequence[Demo], max_length: int, hint: Hinter | None
+    tokenizer: Any,
+    inst: Instance,
+    demos: Sequence[Demo],
+    max_length: int,
+    hint: Hinter | None,
+    version: int | None = None,
 ) -> Encoded:
     """Token ids with labels masked (-100) on the prompt; demos dropped until it fits."""
     demos = list(demos)
     answer = tokenizer.encode(inst.target + END, add_special_tokens=False)
     while True:
         prompt = tokenizer.encode(
-            render_prompt(inst.task, inst.input, demos, hint), add_special_tokens=False
+            render_prompt(inst.task, inst.input, demos, hint, version), add_special_tokens=False
         )
         if len(prompt) + len(answer) <= max_length or not demos:
             break
@@ -87,6 +92,7 @@ def build_encoded(
     lookup: DemoLookup,
     opts: TrainOptions,
     hint: Hinter | None,
+    versions: Mapping[str, int] | None = None,
 ) -> list[Encoded]:
     """Encode every instance with a seeded number of retrieved demonstrations."""
     rng = random.Random(opts.seed + 1)
@@ -99,7 +105,7 @@ def build_encoded(
         for i, found in zip(idx, lookup([instances[i] for i in idx], k), strict=True):
             demos[i] = found
     return [
-        encode(tokenizer, inst, d, opts.max_length, hint)
+        encode(tokenizer, inst, d, opts.max_length, hint, (versions or {}).get(inst.task))
         for inst, d in zip(instances, demos, strict=True)
     ]
 

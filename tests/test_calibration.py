@@ -74,13 +74,13 @@ def test_training_runs_follow_warm_starts(tmp_path: Path) -> None:
     init = {"path": str(old), "sha256": file_sha256(old / "adapter_model.safetensors")}
     manifest = {"train_options": options_json(second), "init_adapter": init}
     (new / "manifest.json").write_text(json.dumps(manifest))
-    assert training_runs(new) == [second, first]
+    assert [run.options for run in training_runs(new)] == [second, first]
     (old / "adapter_model.safetensors").write_bytes(b"changed")
     with pytest.raises(ModelLoadError, match="gone or changed"):
         training_runs(new)
-    init["runs"] = [options_json(first)]  # recorded: no longer needs the old adapter
+    init["runs"] = [{"train_options": options_json(first)}]  # recorded: old adapter not needed
     (new / "manifest.json").write_text(json.dumps(manifest))
-    assert training_runs(new) == [second, first]
+    assert [run.options for run in training_runs(new)] == [second, first]
 
 
 def test_a_correction_that_does_not_generalise_is_dropped() -> None:
@@ -97,3 +97,58 @@ def test_a_correction_that_does_not_generalise_is_dropped() -> None:
     kept = cross_checked_fit("uc", logits, list(gold))
     assert kept.after > kept.before and kept.held_out_gain is not None
     assert kept.held_out_gain >= 0.02
+
+
+def test_calibration_refuses_a_run_on_another_corpus(tmp_path: Path) -> None:
+    from adapter.cli_calibrate import _unseen
+
+    corpus = tmp_path / "train.jsonl"
+    corpus.write_text((DATA / "eval_gold.jsonl").read_text())
+    manifest = {"train_options": options_json(TrainOptions()), "corpus": {"x": "0" * 64}}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelLoadError, match="another corpus"):
+        _unseen(tmp_path, corpus)
+
+
+def _manifest(path: Path, calibration: dict[str, object]) -> None:
+    data = {"adapter_sha256": "abc", "calibration": calibration}
+    (path / "manifest.json").write_text(json.dumps(data))
+
+
+def test_offsets_are_checked_when_the_adapter_loads(tmp_path: Path) -> None:
+    from extraction.llm import adapter_label_offsets
+
+    good = {"re": {"offsets": [0, 0.5, 1]}, "uc": {"offsets": [0, 0, 0, 0]}}
+    _manifest(tmp_path, {"adapter_sha256": "abc", "tasks": good})
+    assert adapter_label_offsets(tmp_path) == {"re": (0.0, 0.5, 1.0), "uc": (0.0,) * 4}
+    _manifest(tmp_path, {"adapter_sha256": "old", "tasks": good})
+    with pytest.raises(ModelLoadError, match="other weights"):
+        adapter_label_offsets(tmp_path)
+    _manifest(tmp_path, {"adapter_sha256": "abc", "tasks": {"re": {"offsets": [0, 1]}}})
+    with pytest.raises(ModelLoadError, match="does not fit its labels"):
+        adapter_label_offsets(tmp_path)
+    assert adapter_label_offsets(None) == {}
+
+
+def test_calibration_is_named_in_provenance() -> None:
+    from adapter.engine import calibration_tag
+    from extraction.llm_backend import LlmOptions
+
+    assert calibration_tag(LlmOptions()) == ""
+    one = calibration_tag(LlmOptions(label_offsets=(("re", (0.0, 0.5, 1.0)),)))
+    two = calibration_tag(LlmOptions(label_offsets=(("re", (0.0, 0.5, 1.5)),)))
+    assert one.startswith("+cal:") and one != two
+
+
+def test_warm_start_must_not_overwrite_itself_or_change_shape(tmp_path: Path) -> None:
+    from adapter.cli_model import check_warm_start
+
+    init = tmp_path / "init"
+    init.mkdir()
+    config = {"r": 8, "lora_alpha": 16, "target_modules": list(reversed(TrainOptions().targets))}
+    (init / "adapter_config.json").write_text(json.dumps(config))
+    check_warm_start(init, [tmp_path / "out"], TrainOptions())  # same shape, other output
+    with pytest.raises(ModelLoadError, match="also the output directory"):
+        check_warm_start(init, [tmp_path / "init"], TrainOptions())
+    with pytest.raises(ModelLoadError, match="pass the same --rank"):
+        check_warm_start(init, [tmp_path / "out"], TrainOptions(rank=16))

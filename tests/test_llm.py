@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from extraction.api import EngineInfo
-from extraction.corpus import load_corpus
+from extraction.corpus import Record, load_corpus
 from extraction.lexicon import Lexicon
 from extraction.llm import (
     Generator,
@@ -22,7 +22,7 @@ from extraction.llm import (
     prepare_base,
 )
 from extraction.llm_backend import LlmBackend, LlmOptions, NoRetrieval
-from extraction.pipeline import NotePipeline
+from extraction.pipeline import NotePipeline, SentenceResult
 from extraction.tasks import Demo, Instance, instances
 from extraction.train_loop import train_lora
 from extraction.training import TrainOptions, build_encoded
@@ -229,8 +229,9 @@ def test_warm_start_continues_from_an_adapter(
 def test_shared_prefix_cache_and_json_stop_leave_outputs_unchanged(
     base_dir: Path, lexicon: Lexicon
 ) -> None:
-    """The instruction's KV cache is computed once per call and reused by every batch; the
-    answers (generated and scored) must be exactly those of full prompts."""
+    """The instruction's KV cache is computed once per call and reused by every batch, and a
+    row stops once its answer is closed JSON: outputs and label scores must be exactly those
+    of full prompts decoded to the end token (also for one prompt and identical prompts)."""
     shipped = REPO / "models" / "ramie-smollm2"
     loaded = load_model(base_dir, shipped)
     backend = _backend(loaded, lexicon, adapter_prompt_versions(shipped))
@@ -242,18 +243,22 @@ def test_shared_prefix_cache_and_json_stop_leave_outputs_unchanged(
         "Turmeric was started for knee pain last month.",
     ]
     ner = backend._prompts("ner", sentences)
-    uc = [
-        p + '{"usage":"'
-        for p in backend._prompts("uc", [s.replace("ish", "<<ish>>") for s in sentences])
-    ]
+    marked = [s.replace("ish", "<<ish>>") for s in sentences]
+    uc = [p + '{"usage":"' for p in backend._prompts("uc", marked)]
     options = backend._option_ids["uc"]
-    runs = {}
-    for share in (False, True):
-        gen = Generator(loaded, batch_size=2, max_new_tokens=40, share_prefix=share)
-        runs[share] = (gen.generate(ner), gen.choose(uc, options), gen.reused_tokens)
-    assert runs[True][:2] == runs[False][:2]
-    assert runs[False][2] == 0 and runs[True][2] > 20 * len(sentences)
-    assert all(json.loads(out) is not None for out in runs[True][0])  # stopped on closed JSON
+    for ner_set, uc_set in ((ner, uc), (ner[:1], uc[:1]), ([ner[0]] * 3, [uc[0]] * 3)):
+        plain = Generator(loaded, 2, 40, 2, share_prefix=False, stop_on_json=False)
+        fast = Generator(loaded, 2, 40, 2, share_prefix=True, stop_on_json=True)
+        assert fast.generate(ner_set) == plain.generate(ner_set)
+        fast_scores, plain_scores = (
+            fast.option_logits(uc_set, options),
+            plain.option_logits(uc_set, options),
+        )
+        for got, want in zip(fast_scores, plain_scores, strict=True):
+            assert got == pytest.approx(want, abs=1e-3)
+        assert plain.computed_tokens == plain.prompt_tokens
+        if len(ner_set) > 1:
+            assert fast.computed_tokens < plain.computed_tokens - 20 * len(ner_set)
 
 
 def test_closed_json_stops_generation(base_dir: Path) -> None:
@@ -280,14 +285,44 @@ def test_adapter_prompt_versions_follow_the_manifest(tmp_path: Path) -> None:
         adapter_prompt_versions(tmp_path)
 
 
-def test_label_offsets_shift_the_choice(base_dir: Path, lexicon: Lexicon) -> None:
-    """Calibration offsets are added to the option logits before the argmax."""
-    from extraction.llm_backend import option_token_ids
+def test_label_offsets_from_the_options_reach_the_choice(base_dir: Path, lexicon: Lexicon) -> None:
+    """LlmOptions.label_offsets (the manifest's calibration) steer RE/UC through the backend."""
+    from extraction.corpus import Entity
 
-    gen = Generator(load_model(base_dir, None), score_batch_size=2)
-    prompts = _backend(gen.loaded, lexicon)._prompts("re", ["Took <<fish oil>> for [[pain]]."] * 3)
-    options = option_token_ids(gen.loaded.tokenizer)["re"]
-    logits = gen.option_logits(prompts, options)
-    plain = gen.choose(prompts, options)
-    assert plain == [max(range(3), key=row.__getitem__) for row in logits]
-    assert gen.choose(prompts, options, (0.0, 0.0, 1000.0)) == [2, 2, 2]
+    loaded = load_model(base_dir, None)
+    text = "Took fish oil for joint pain."
+    ents = {
+        0: [
+            Entity("T1", "supplement", 5, 13, "fish oil", "fish oil"),
+            Entity("T2", "event", 18, 28, "joint pain"),
+        ]
+    }
+    labels = {}
+    for name, offsets in (("to-not-related", (0.0, 0.0, 1e4)), ("to-adverse", (0.0, 1e4, 0.0))):
+        options = LlmOptions(k=0, label_offsets=(("re", offsets), ("uc", (0.0, 0.0, 1e4, 0.0))))
+        backend = LlmBackend(Generator(loaded), NoRetrieval(), lexicon, INFO, options)
+        results = [SentenceResult(Record("s0", text))]
+        usage, rels = backend.classify([text], ents, results)
+        labels[name] = ([u.status for u in usage[0]], [r.type for r in rels.get(0, [])])
+    assert labels["to-not-related"] == (["discontinue"], [])
+    assert labels["to-adverse"] == (["discontinue"], ["adverse_event"])
+
+
+def test_max_steps_stops_then_a_rerun_resumes_and_saves(
+    base_dir: Path, lexicon: Lexicon, tmp_path: Path
+) -> None:
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    gold = load_corpus(DATA / "eval_gold.jsonl")
+    items = [i for r in gold for i in instances(r) if i.task == "uc"][:4]
+    opts = replace(TrainOptions(rank=2, alpha=4, batch_size=2, max_length=96), train_k=(0,))
+    opts = replace(opts, epochs=2, checkpoint_every=10)
+    data = build_encoded(tok, items, _no_demos, opts, lexicon.candidates)
+    ckpt, pad = tmp_path / "ckpt", tok.pad_token_id or 0
+    cut = train_lora(base_dir, data, opts, tmp_path / "a", ckpt, "fp", pad, max_steps=1)
+    assert cut.steps == 1 and (tmp_path / "a" / "adapter_model.safetensors").is_file()
+    full = train_lora(base_dir, data, opts, tmp_path / "b", ckpt, "fp", pad)
+    assert full.resumed_from == 1 and full.steps == 4

@@ -135,3 +135,19 @@ def test_prompt_versions_render_their_own_template_and_target() -> None:
     )
     assert ner_target(rec, 1) == '[["s","Fish oil","fish oil"],["s","CoQ10","coenzyme q10"]]'
     assert ner_target(rec, 2) == '[["s","Fish oil"],["s","CoQ10","coenzyme q10"]]'
+
+
+def test_ner_demos_are_rendered_in_the_adapters_version() -> None:
+    from extraction.tasks import ner_target_as
+
+    v2 = '[["s","Fish oil"],["s","CoQ10","coenzyme q10"],["e","pain"]]'
+    v1 = '[["s","Fish oil","fish oil"],["s","CoQ10","coenzyme q10"],["e","pain"]]'
+    assert ner_target_as(v2, 1) == v1 and ner_target_as(v1, 2) == v2
+    assert ner_target_as("not json", 1) == "not json"
+
+    class Demo:
+        input = "Fish oil, CoQ10; pain."
+        target = v2
+
+    assert f"Output: {v1}" in render_prompt("ner", "x", [Demo()], version=1)
+    assert f"Output: {v2}" in render_prompt("ner", "x", [Demo()], version=2)
