@@ -123,7 +123,7 @@ class ExtractionConfig(_Section):
     lexicon_gate: bool = True
     known_only: bool = True
     lexicon_floor: bool = True
-    label_calibration: bool = True
+    label_calibration: bool = False
     max_sentence_chars: int = Field(600, ge=50)
     max_note_chars: int = Field(200_000, ge=100)
     lexicon: Path | None = Path("data/lexicon/supplements.tsv")
