@@ -272,8 +272,7 @@ def _fingerprint(base: Path, train: Path, opts: TrainOptions, stamp: str) -> str
             "base": base_identity(base),
             "train": file_sha256(train),
             "opts": options_json(opts),
-            # The warm start's weights identify it (its recorded runs are derived from them).
-            "init": {k: v for k, v in _init_identity(opts).items() if k != "runs"},
+            "init": _init_weights(opts),  # the warm start's weights identify it
             "tasks": stamp,
         },
         sort_keys=True,
@@ -281,17 +280,24 @@ def _fingerprint(base: Path, train: Path, opts: TrainOptions, stamp: str) -> str
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _init_identity(opts: TrainOptions) -> dict[str, Any]:
+def _init_weights(opts: TrainOptions) -> dict[str, str]:
     """Path and weight hash of the warm-start adapter ({} for a fresh one)."""
     if not opts.init_adapter:
         return {}
     weights = Path(opts.init_adapter) / "adapter_model.safetensors"
     if not weights.is_file():
         raise ModelLoadError(f"--init {opts.init_adapter}: no adapter_model.safetensors")
+    return {"path": opts.init_adapter, "sha256": file_sha256(weights)}
+
+
+def _init_identity(opts: TrainOptions) -> dict[str, Any]:
+    """:func:`_init_weights` plus the training runs behind the warm start (for the manifest)."""
+    if not opts.init_adapter:
+        return {}
     from adapter.cli_calibrate import training_runs
 
     runs = [run.as_dict() for run in training_runs(Path(opts.init_adapter))]
-    return {"path": opts.init_adapter, "sha256": file_sha256(weights), "runs": runs}
+    return {**_init_weights(opts), "runs": runs}
 
 
 def _write_manifest(

@@ -95,13 +95,12 @@ def open_index(settings: Settings, pool: ConnectionPool) -> ExampleIndex:
 
 def _adapter_name(path: Path | None) -> str:
     """``name@sha`` of the adapter (per-task: ``name[ner@sha,re@sha,...]``) for provenance."""
-    from extraction.llm import task_adapter_dirs
+    from extraction.llm import read_manifest, task_adapter_dirs
 
     if path is None:
         return "none"
-    manifest = path / "manifest.json"
-    if manifest.is_file():
-        data = json.loads(manifest.read_text())
+    data = read_manifest(path)
+    if data is not None:
         return f"{path.name}@{str(data.get('adapter_sha256', ''))[:12]}"
     per_task = task_adapter_dirs(path)
     if per_task:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from extraction.metrics import f1_from_counts
+from extraction.metrics import macro_f1
 from extraction.tasks import LABELS, Instance
 from extraction.training import TrainOptions, select_instances
 
@@ -73,14 +73,11 @@ def score(task: str, gold: npt.NDArray[np.int64], pred: npt.NDArray[np.int64]) -
     """RE: macro-F1 over the labels present (as ``dsfhir evaluate``); UC: accuracy."""
     if task == "uc":
         return float((gold == pred).mean()) if len(gold) else 0.0
-    f1s = []
+    counts = []  # per label (tp, fp, fn), vectorised: this runs once per grid point
     for label in range(len(LABELS[task])):
-        tp = int(((gold == label) & (pred == label)).sum())
-        fp = int(((gold != label) & (pred == label)).sum())
-        fn = int(((gold == label) & (pred != label)).sum())
-        if tp + fp + fn:
-            f1s.append(f1_from_counts(tp, fp, fn))
-    return sum(f1s) / len(f1s) if f1s else 0.0
+        hit, said = gold == label, pred == label
+        counts += [int((hit & said).sum()), int((~hit & said).sum()), int((hit & ~said).sum())]
+    return macro_f1(counts, len(LABELS[task]))
 
 
 def fit_offsets(task: str, logits: npt.NDArray[np.float32], gold: Sequence[int]) -> Fit:

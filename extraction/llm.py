@@ -112,6 +112,15 @@ def task_adapter_dirs(adapter_dir: Path) -> dict[str, Path]:
     } if adapter_dir.is_dir() else {}  # fmt: skip
 
 
+def read_manifest(path: Path | None) -> dict[str, Any] | None:
+    """An adapter directory's manifest.json, or None when there is none."""
+    manifest = path / "manifest.json" if path is not None else None
+    if manifest is None or not manifest.is_file():
+        return None
+    data: dict[str, Any] = json.loads(manifest.read_text())
+    return data
+
+
 def adapter_prompt_versions(path: Path | None) -> dict[str, int]:
     """The prompt versions an adapter was trained with (its manifest's ``task_version``), so
     an older adapter keeps getting the prompts it knows; the current ones for the bare base
@@ -122,29 +131,27 @@ def adapter_prompt_versions(path: Path | None) -> dict[str, int]:
     if per_task and not (path / "adapter_config.json").is_file():
         found = {t: adapter_prompt_versions(d)[t] for t, d in per_task.items()}
         return {**PROMPT_VERSIONS, **found}
-    manifest = path / "manifest.json"
-    if not manifest.is_file():
+    data = read_manifest(path)
+    if data is None:
         return dict(PROMPT_VERSIONS)
-    stamp = str(json.loads(manifest.read_text()).get("task_version", ""))
+    stamp = str(data.get("task_version", ""))
     try:
         versions = parse_task_version(stamp)
         for task, version in versions.items():
             instruction(task, version)  # a template this build lacks fails here, not mid-run
     except ValueError as exc:
-        raise ModelLoadError(f"{manifest}: {exc}") from exc
+        raise ModelLoadError(f"{path / 'manifest.json'}: {exc}") from exc
     return versions
 
 
 def adapter_label_offsets(path: Path | None) -> dict[str, tuple[float, ...]]:
     """Per-task label offsets that `dsfhir calibrate` stored in a shared adapter's manifest,
     checked against the adapter's weights and the label sets."""
-    manifest = path / "manifest.json" if path is not None else None
-    if manifest is None or not manifest.is_file():
+    data = read_manifest(path)
+    fitted = data.get("calibration") if data else None
+    if not data or not fitted:
         return {}
-    data = json.loads(manifest.read_text())
-    fitted = data.get("calibration")
-    if not fitted:
-        return {}
+    manifest = f"{path}/manifest.json"
     if fitted.get("adapter_sha256") != data.get("adapter_sha256"):
         raise ModelLoadError(f"{manifest}: calibration fitted for other weights (rerun calibrate)")
     out = {}
@@ -260,7 +267,7 @@ class Generator:
         self.seconds[part] += time.perf_counter() - began
         return shared, out.past_key_values
 
-    def _prefill(self, rows: list[Sequence[int]], shared: int, cache: Any, keep: int = 1) -> Any:
+    def _prefill(self, rows: list[Sequence[int]], shared: int, cache: Any) -> Any:
         """Forward pass over a batch of prompts (left-padded after the shared prefix)."""
         import copy
 
@@ -287,7 +294,7 @@ class Generator:
             position_ids=positions,
             past_key_values=past,
             use_cache=True,
-            logits_to_keep=keep,  # only the last position's vocabulary projection is needed
+            logits_to_keep=1,  # only the last position's vocabulary projection is needed
         )
         return out, mask
 

@@ -72,6 +72,8 @@ class LlmBackend:
         self._info = info
         self.opts = options or LlmOptions()
         self._option_ids = option_token_ids(generator.loaded.tokenizer)
+        self._versions = dict(self.opts.prompt_versions)
+        self._offsets = dict(self.opts.label_offsets)
 
     @property
     def info(self) -> EngineInfo:
@@ -80,7 +82,7 @@ class LlmBackend:
     def _prompts(self, task: str, inputs: Sequence[str]) -> list[str]:
         demos = self.retriever.nearest(task, inputs, self.opts.k)
         hint = self.lexicon.candidates if self.opts.hints else None
-        version = dict(self.opts.prompt_versions).get(task)
+        version = self._versions.get(task)
         return [
             render_prompt(task, text, d, hint, version)
             for text, d in zip(inputs, demos, strict=True)
@@ -158,7 +160,7 @@ class LlmBackend:
             return []
         prompts = [p + ANSWER_PREFIX[task] for p in self._prompts(task, marked)]
         self.gen.loaded.use(task)
-        offsets = dict(self.opts.label_offsets).get(task, ())
+        offsets = self._offsets.get(task, ())
         picks = self.gen.choose(prompts, self._option_ids[task], offsets)
         return [LABELS[task][p] for p in picks]
 

@@ -93,15 +93,19 @@ def mark(text: str, supplement: Entity, event: Entity | None = None) -> str:
 def ner_target(rec: Record, version: int | None = None) -> str:
     """v1: every supplement as [s, mention, normalized]; v2 leaves out a normalized name that
     is just the lower-cased mention (70% of them: fewer tokens to generate)."""
+    version = version or PROMPT_VERSIONS["ner"]
     items: list[list[str]] = []
     for ent in sorted(rec.entities, key=lambda e: e.start):
         if ent.type == "supplement":
-            norm = ent.normalized or ent.text.lower()
-            short = (version or PROMPT_VERSIONS["ner"]) >= 2 and norm == ent.text.lower()
-            items.append(["s", ent.text] if short else ["s", ent.text, norm])
+            items.append(_supplement_item(ent.text, ent.normalized, version))
         else:
             items.append(["e", ent.text])
     return compact(items)
+
+
+def _supplement_item(mention: str, normalized: str | None, version: int) -> list[str]:
+    norm = normalized or mention.lower()
+    return ["s", mention] if version >= 2 and norm == mention.lower() else ["s", mention, norm]
 
 
 def ner_target_as(target: str, version: int) -> str:
@@ -117,10 +121,7 @@ def ner_target_as(target: str, version: int) -> str:
     out = []
     for item in items:
         if isinstance(item, list) and len(item) >= 2 and item[0] == "s":
-            mention = str(item[1])
-            norm = str(item[2]) if len(item) > 2 else mention.lower()
-            short = version >= 2 and norm == mention.lower()
-            item = ["s", mention] if short else ["s", mention, norm]
+            item = _supplement_item(str(item[1]), str(item[2]) if len(item) > 2 else None, version)
         out.append(item)
     return compact(out)
 
