@@ -108,7 +108,8 @@ def _unseen(adapter: Path, train: Path) -> tuple[list[Run], list[Instance]]:
 
 
 def _scorer(settings: Settings, adapter: Path, threads: int) -> Scorer:
-    from extraction.llm import Generator, adapter_prompt_versions, load_model
+    from extraction.generate import Generator
+    from extraction.llm import adapter_prompt_versions, load_model
     from extraction.llm_backend import option_token_ids
 
     model = settings.model

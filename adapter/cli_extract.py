@@ -16,7 +16,7 @@ from psycopg_pool import ConnectionPool
 
 from adapter.cli_model import migrated_pool
 from adapter.config import Settings
-from adapter.engine import BACKENDS, build_extractor, uses_retrieval
+from adapter.engine import BACKENDS, opened_extractor, uses_retrieval
 from extraction.api import Extractor, NoteExtraction
 
 log = logging.getLogger(__name__)
@@ -78,11 +78,12 @@ def overridden(args: argparse.Namespace, settings: Settings) -> Settings:
 def engine(settings: Settings) -> Iterator[Extractor]:
     """The configured extractor, with a database pool only when retrieval needs one."""
     if not uses_retrieval(settings):
-        yield build_extractor(settings, None)
+        with opened_extractor(settings, None) as extractor:
+            yield extractor
         return
     pool: ConnectionPool
-    with migrated_pool(settings) as pool:
-        yield build_extractor(settings, pool)
+    with migrated_pool(settings) as pool, opened_extractor(settings, pool) as extractor:
+        yield extractor
 
 
 def _extract(args: argparse.Namespace, settings: Settings) -> int:

@@ -17,7 +17,7 @@ from psycopg_pool import ConnectionPool
 from adapter import migrate
 from adapter.config import Settings
 from adapter.db import connect, database_dsn, open_pool
-from adapter.engine import build_extractor, load_lexicon, software_version
+from adapter.engine import load_lexicon, opened_extractor, software_version
 from adapter.errors import ConfigError, DsfhirError
 from adapter.fhir_client import FhirClient
 from adapter.sync import CycleSummary, build_client, build_syncer
@@ -80,9 +80,8 @@ def runtime(settings: Settings) -> Iterator[Runtime]:
             migrate.ensure_migrated(conn, migrate.default_migrations_dir())
         pool = open_pool(dsn, settings.database)
         try:
-            extractor = build_extractor(settings, pool)
-            codes = lexicon_codes(load_lexicon(settings))
-            with build_client(settings) as client:
+            with opened_extractor(settings, pool) as extractor, build_client(settings) as client:
+                codes = lexicon_codes(load_lexicon(settings))
                 yield Runtime(pool, client, extractor, codes)
         finally:
             pool.close()

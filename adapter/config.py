@@ -105,7 +105,7 @@ class ModelConfig(_Section):
     adapter: Path | None = Path("models/ramie-smollm2")
     device: Literal["cpu", "cuda"] = "cpu"
     dtype: Literal["fp32", "bf16"] = "fp32"
-    threads: int = Field(2, ge=1)
+    threads: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
     score_batch_size: int = Field(8, ge=1)
     max_new_tokens: int = Field(96, ge=8)
@@ -124,6 +124,7 @@ class ExtractionConfig(_Section):
     known_only: bool = True
     lexicon_floor: bool = True
     label_calibration: bool = False
+    workers: int = Field(2, ge=1, le=64)
     max_sentence_chars: int = Field(600, ge=50)
     max_note_chars: int = Field(200_000, ge=100)
     lexicon: Path | None = Path("data/lexicon/supplements.tsv")
@@ -133,7 +134,7 @@ class ExtractionConfig(_Section):
 class EncoderConfig(_Section):
     base: Path | None = None
     model_dir: Path | None = None
-    threads: int = Field(2, ge=1)
+    threads: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
 
 

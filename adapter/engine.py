@@ -6,9 +6,11 @@ callers (CLI, worker) never construct models, lexicons or retrievers themselves.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -138,25 +140,61 @@ def encoder_backend(settings: Settings, lexicon: Lexicon | None) -> EncoderBacke
 
 
 def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extractor:
-    """The configured backend wrapped in the note pipeline."""
+    """The configured backend wrapped in the note pipeline; model backends run in
+    ``[extraction] workers`` processes when that is more than one (see extraction.parallel).
+    Prefer :func:`opened_extractor`, which stops the workers."""
     ext = settings.extraction
+    backend: SentenceBackend
+    if ext.workers > 1 and ext.backend != "lexicon":
+        from extraction.parallel import ProcessBackend
+
+        info = pool.conninfo if pool is not None else None
+        dsn = info() if callable(info) else info
+        backend = ProcessBackend(functools.partial(worker_backend, settings, dsn), ext.workers)
+    else:
+        backend = sentence_backend(settings, pool)
+    return NotePipeline(backend, ext.max_sentence_chars, ext.max_note_chars)
+
+
+@contextmanager
+def opened_extractor(settings: Settings, pool: ConnectionPool | None) -> Iterator[Extractor]:
+    """:func:`build_extractor`, with its model worker processes (if any) stopped on exit."""
+    extractor = build_extractor(settings, pool)
+    try:
+        yield extractor
+    finally:
+        close_extractor(extractor)
+
+
+def close_extractor(extractor: Extractor) -> None:
+    """Stop the model worker processes behind ``extractor``, if it has any."""
+    close = getattr(getattr(extractor, "backend", None), "close", None)
+    if close is not None:
+        close()
+
+
+def worker_backend(settings: Settings, dsn: str | None) -> SentenceBackend:
+    """The sentence backend inside one model worker process, with its own database pool
+    when retrieval needs one (``dsn``: the parent's database, embedded or not)."""
+    from adapter.db import open_pool
+
+    pool = open_pool(dsn, settings.database) if dsn else None
+    return sentence_backend(settings, pool)
+
+
+def sentence_backend(settings: Settings, pool: ConnectionPool | None) -> SentenceBackend:
+    """The configured per-sentence backend, in this process."""
+    name = settings.extraction.backend
     lexicon = load_lexicon(settings)
-    if ext.backend == "lexicon":
-        backend = RulesBackend(lexicon, event_terms(settings))
-        return NotePipeline(backend, ext.max_sentence_chars, ext.max_note_chars)
-    if ext.backend == "encoder":
-        return NotePipeline(
-            encoder_backend(settings, lexicon), ext.max_sentence_chars, ext.max_note_chars
-        )
-    if ext.backend == "llm":
-        return NotePipeline(
-            _llm_backend(settings, pool, lexicon), ext.max_sentence_chars, ext.max_note_chars
-        )
-    if ext.backend in HYBRIDS:
-        return NotePipeline(
-            _hybrid_backend(settings, pool, lexicon), ext.max_sentence_chars, ext.max_note_chars
-        )
-    raise ConfigError(f"[extraction] backend {ext.backend!r} is not available in this build")
+    if name == "lexicon":
+        return RulesBackend(lexicon, event_terms(settings))
+    if name == "encoder":
+        return encoder_backend(settings, lexicon)
+    if name == "llm":
+        return _llm_backend(settings, pool, lexicon)
+    if name in HYBRIDS:
+        return _hybrid_backend(settings, pool, lexicon)
+    raise ConfigError(f"[extraction] backend {name!r} is not available in this build")
 
 
 def _llm_backend(
@@ -164,7 +202,8 @@ def _llm_backend(
     pool: ConnectionPool | None,
     lexicon: Lexicon,
 ) -> LlmBackend:
-    from extraction.llm import Generator, base_identity, load_model
+    from extraction.generate import Generator
+    from extraction.llm import base_identity, load_model
     from extraction.llm_backend import LlmBackend
 
     base = base_model_dir(settings)

@@ -24,6 +24,7 @@ from typing import Any
 from adapter.cli_extract import engine
 from adapter.config import Settings, load_settings
 from extraction.api import Extractor
+from extraction.parallel import ProcessBackend, backend_counters
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results"
@@ -45,18 +46,22 @@ def _timed(extractor: Extractor, texts: list[str]) -> tuple[float, int]:
 
 
 def _generator_counters(extractor: Extractor) -> dict[str, int]:
-    """Token counters of the LLM inside the backend (itself, or a hybrid's part), if any."""
+    """Token counters of the LLM inside the backend (itself, a hybrid's part, or the sum over
+    its worker processes), if any."""
     backend = getattr(extractor, "backend", None)
-    parts = [backend, getattr(backend, "ner", None), getattr(backend, "classifier", None)]
-    gen = next((g for g in (getattr(b, "gen", None) for b in parts) if g is not None), None)
-    if gen is None:
-        return {}
-    return {
-        "prompt_tokens": gen.prompt_tokens,
-        "generated_tokens": gen.generated_tokens,
-        "computed_tokens": gen.computed_tokens,
-        **{f"{part}_ms": int(1000 * sec) for part, sec in gen.seconds.items()},
-    }
+    if isinstance(backend, ProcessBackend):
+        counters = backend.counters()
+        counters.pop("peak_rss_kb", None)
+        return counters
+    return backend_counters(backend)
+
+
+def _workers_peak_rss_mb(extractor: Extractor) -> float:
+    """Peak RSS summed over the model worker processes (0 without workers)."""
+    backend = getattr(extractor, "backend", None)
+    if not isinstance(backend, ProcessBackend):
+        return 0.0
+    return backend.counters().get("peak_rss_kb", 0) / 1024
 
 
 def bench_backend(
@@ -76,6 +81,7 @@ def bench_backend(
         after_sent = _generator_counters(extractor)
         note_s, note_sentences = _timed(extractor, notes)
         after = _generator_counters(extractor)
+        workers_rss = _workers_peak_rss_mb(extractor)
     out: dict[str, Any] = {
         "backend": backend,
         "load_seconds": round(load_s, 2),
@@ -84,7 +90,9 @@ def bench_backend(
         "notes": len(notes),
         "note_sentences": note_sentences,
         "notes_per_minute": round(60 * len(notes) / note_s, 3),
-        "peak_rss_mb": round(_peak_rss_mb(), 1),
+        "workers": cfg.extraction.workers if backend != "lexicon" else 1,
+        # this process plus its model workers (each holds a copy of the model)
+        "peak_rss_mb": round(_peak_rss_mb() + workers_rss, 1),
     }
     if after:
         gen_tokens = after["generated_tokens"] - before["generated_tokens"]

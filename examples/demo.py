@@ -33,7 +33,7 @@ from adapter.cli import setup_logging
 from adapter.cli_sync import Runtime, lexicon_codes, report_lines, run_cycle
 from adapter.config import Settings, load_settings
 from adapter.db import connect, database_dsn, open_pool
-from adapter.engine import BACKENDS, build_extractor, load_lexicon
+from adapter.engine import BACKENDS, build_extractor, close_extractor, load_lexicon
 from adapter.errors import DsfhirError, FhirFatalError
 from adapter.fhir_client import FhirClient
 from extraction.api import Extractor
@@ -200,11 +200,14 @@ def engine(settings: Settings, rt_pool: Any, backend: str | None) -> tuple[Setti
     """The configured engine, checked on one sentence; the rules engine if it is not ready."""
     if backend:
         settings = _with(settings, "extraction", backend=backend)
+    extractor = None
     try:
         extractor = build_extractor(settings, rt_pool)
         extractor.extract(["Takes vitamin D daily."])
         return settings, extractor
     except DsfhirError as exc:
+        if extractor is not None:
+            close_extractor(extractor)
         if backend or settings.extraction.backend == "lexicon":
             raise
         say(f"note: the {settings.extraction.backend!r} engine is not ready here ({exc});")
@@ -255,6 +258,7 @@ def run(settings: Settings, backend: str | None) -> None:
                     rt = Runtime(pool, client, extractor, codes)
                     _cycles(settings, rt, client, manifest)
                     _print_results(settings, rt, client)
+                close_extractor(extractor)
             finally:
                 pool.close()
 

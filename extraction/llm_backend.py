@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from extraction.api import EngineInfo
 from extraction.corpus import Entity, Record, Relation, Usage
+from extraction.generate import Generator
 from extraction.lexicon import Lexicon
-from extraction.llm import Generator
 from extraction.parsing import find_span, parse_list
 from extraction.pipeline import Labels, SentenceResult
 from extraction.rules import product_mentions, with_lexicon_floor
@@ -88,6 +88,9 @@ class LlmBackend:
             for text, d in zip(inputs, demos, strict=True)
         ]
 
+    def _generate(self, task: str, inputs: Sequence[str]) -> list[str]:
+        return self.gen.generate(self._prompts(task, inputs))
+
     def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
         results = [SentenceResult(Record(f"s{i}", s)) for i, s in enumerate(sentences)]
         todo = [
@@ -95,7 +98,7 @@ class LlmBackend:
             if not self.opts.lexicon_gate or self.lexicon.find_mentions(s)
         ]  # fmt: skip
         self.gen.loaded.use("ner")
-        outputs = self.gen.generate(self._prompts("ner", [sentences[i] for i in todo]))
+        outputs = self._generate("ner", [sentences[i] for i in todo])
         ents: dict[int, list[Entity]] = {}
         for i, out in zip(todo, outputs, strict=True):
             ents[i] = self._ground_ner(sentences[i], out, results[i])
@@ -199,7 +202,7 @@ class LlmBackend:
         """Relations from the TE prompt, attached to NER's entities by span overlap."""
         idx = [i for i, found in ents.items() if found]
         self.gen.loaded.use("te")
-        outputs = self.gen.generate(self._prompts("te", [sentences[i] for i in idx]))
+        outputs = self._generate("te", [sentences[i] for i in idx])
         out: dict[int, list[Relation]] = {}
         for i, output in zip(idx, outputs, strict=True):
             parsed = parse_list(output, (3,))

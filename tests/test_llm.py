@@ -13,9 +13,9 @@ import pytest
 
 from extraction.api import EngineInfo
 from extraction.corpus import Record, load_corpus
+from extraction.generate import Generator
 from extraction.lexicon import Lexicon
 from extraction.llm import (
-    Generator,
     LoadedModel,
     adapter_prompt_versions,
     load_model,
@@ -30,11 +30,6 @@ from extraction.training import TrainOptions, build_encoded
 REPO = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).parent / "data"
 INFO = EngineInfo("llm", "test", "test", "smollm2", "none")
-
-
-@pytest.fixture(scope="session")
-def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return prepare_base(tmp_path_factory.mktemp("models") / "smollm2")
 
 
 @pytest.fixture(scope="session")

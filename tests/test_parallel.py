@@ -1,0 +1,124 @@
+"""Model worker processes (extraction.parallel): the same answers as the backend in this
+process, errors carried back by type, a dead worker reported."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from extraction.api import EngineInfo
+from extraction.errors import ModelLoadError
+from extraction.lexicon import Lexicon
+from extraction.parallel import ProcessBackend, WorkerError, deal
+from extraction.pipeline import NotePipeline, SentenceResult
+from extraction.rules import RulesBackend
+
+REPO = Path(__file__).resolve().parent.parent
+SENTENCES = [
+    "Takes fish oil for high triglycerides.",
+    "Stopped ginkgo after easy bruising.",
+    "Melatonin 3 mg at night for insomnia, started last week.",
+    "No supplements.",
+    "Magnesium for leg cramps; turmeric was stopped because of nausea.",
+]
+
+
+# Module-level builders: a spawned worker imports this module to call them.
+def rules() -> RulesBackend:
+    lexicon = Lexicon.load(REPO / "data/lexicon/supplements.tsv")
+    return RulesBackend(lexicon, ["high triglycerides", "insomnia", "leg cramps", "nausea"])
+
+
+class Picky:
+    """Rules that reject any batch holding the word BOOM."""
+
+    def __init__(self) -> None:
+        self.inner = rules()
+
+    @property
+    def info(self) -> EngineInfo:
+        return self.inner.info
+
+    def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        if any("BOOM" in s for s in sentences):
+            raise ValueError("sentence rejected")
+        return self.inner.predict(sentences)
+
+
+def broken() -> RulesBackend:
+    raise ModelLoadError("no LoRA adapter in /nowhere")
+
+
+def _content(res: SentenceResult) -> tuple[object, ...]:
+    rec = res.record
+    return rec.text, rec.entities, rec.relations, rec.usage, res.unparseable, res.dropped_spans
+
+
+def test_deal_gives_each_index_once_mixing_long_and_short() -> None:
+    assert deal([5, 1, 9, 3, 7], 2) == [[2, 0, 1], [4, 3]]
+    assert deal([], 3) == [[], [], []]
+
+
+def test_workers_answer_like_the_backend_itself() -> None:
+    local = rules()
+    notes = [" ".join(SENTENCES), SENTENCES[2], "Continue vitamin D. Stopped ginkgo."]
+    with ProcessBackend(rules, 2) as pool:
+        assert pool.info == local.info
+        got = pool.predict(SENTENCES)
+        got_notes = NotePipeline(pool).extract(notes)
+    # a sentence record's id is its index in the batch the backend saw: compare the rest
+    assert [_content(r) for r in got] == [_content(r) for r in local.predict(SENTENCES)]
+    want_notes = NotePipeline(local).extract(notes)
+    assert [n.to_json() for n in got_notes] == [n.to_json() for n in want_notes]
+    assert any(n.supplements for n in got_notes)
+
+
+def test_a_failing_batch_raises_its_error_and_the_workers_stay_usable() -> None:
+    with ProcessBackend(Picky, 2) as pool:
+        with pytest.raises(ValueError, match="sentence rejected"):
+            pool.predict([*SENTENCES, "BOOM"])
+        again = pool.predict(SENTENCES[:2])  # no stale answer left in a pipe
+    assert [r.record.text for r in again] == SENTENCES[:2]
+
+
+def test_a_worker_that_cannot_start_raises_the_reason() -> None:
+    with pytest.raises(ModelLoadError, match="/nowhere"):
+        ProcessBackend(broken, 2)
+
+
+def test_a_dead_worker_is_reported_not_waited_for() -> None:
+    pool = ProcessBackend(rules, 2)
+    try:
+        pool._procs[1].kill()
+        pool._procs[1].join()
+        with pytest.raises(WorkerError, match="model worker 1 exited"):
+            pool.predict(SENTENCES)
+    finally:
+        pool.close()
+
+
+def test_llm_engine_in_two_workers_matches_one_process(base_dir: Path, tmp_path: Path) -> None:
+    """`[extraction] workers = 2` over the real model and shipped adapter: same notes out."""
+    from adapter.config import load_settings
+    from adapter.engine import opened_extractor
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'[paths]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[model]\nbase = "{base_dir}"\nadapter = "{REPO / "models/ramie-smollm2"}"\n'
+        "threads = 1\nbatch_size = 4\n"
+        f'[extraction]\nbackend = "llm"\nlexicon = "{REPO / "data/lexicon/supplements.tsv"}"\n'
+        f'event_terms = "{REPO / "data/corpus/train.jsonl"}"\n'
+    )
+    notes = [" ".join(SENTENCES[:3]), " ".join(SENTENCES[3:])]
+    results = {}
+    for workers in (1, 2):
+        settings = load_settings(cfg, {"DSFHIR_EXTRACTION__WORKERS": str(workers)})
+        with opened_extractor(settings, None) as extractor:
+            results[workers] = [r.to_json() for r in extractor.extract(notes)]
+            info = extractor.info
+        assert info.backend == "llm" and info.adapter.startswith("ramie-smollm2@")
+    assert results[2] == results[1]
+    assert any(r["supplements"] for r in results[1])
