@@ -145,12 +145,13 @@ def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extracto
     Prefer :func:`opened_extractor`, which stops the workers."""
     ext = settings.extraction
     backend: SentenceBackend
-    if ext.workers > 1 and ext.backend != "lexicon":
+    # One GPU serves one process best: worker processes are for CPUs.
+    workers = 1 if settings.model.device == "cuda" else ext.workers
+    if workers > 1 and ext.backend != "lexicon":
         from extraction.parallel import ProcessBackend
 
-        info = pool.conninfo if pool is not None else None
-        dsn = info() if callable(info) else info
-        backend = ProcessBackend(functools.partial(worker_backend, settings, dsn), ext.workers)
+        dsn = str(pool.conninfo) if pool is not None and uses_retrieval(settings) else None
+        backend = ProcessBackend(functools.partial(worker_backend, settings, dsn), workers)
     else:
         backend = sentence_backend(settings, pool)
     return NotePipeline(backend, ext.max_sentence_chars, ext.max_note_chars)

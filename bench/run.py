@@ -101,7 +101,8 @@ def bench_backend(
         out["prompt_tokens_per_sentence"] = round(prompt_sent / max(1, len(sentences)), 1)
         computed = after_sent["computed_tokens"] - before["computed_tokens"]
         out["prompt_tokens_computed_per_sentence"] = round(computed / max(1, len(sentences)), 1)
-        # Where the notes' time goes (seconds of prefill / decode / label scoring).
+        # Where the notes' time goes (seconds of prefill / decode / label scoring); with
+        # worker processes, seconds of work summed over them (more than the wall time).
         out["notes_seconds_by_part"] = {
             key[:-3]: round((after[key] - after_sent.get(key, 0)) / 1000, 1)
             for key in after

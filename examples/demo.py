@@ -205,9 +205,11 @@ def engine(settings: Settings, rt_pool: Any, backend: str | None) -> tuple[Setti
         extractor = build_extractor(settings, rt_pool)
         extractor.extract(["Takes vitamin D daily."])
         return settings, extractor
-    except DsfhirError as exc:
+    except BaseException as exc:
         if extractor is not None:
             close_extractor(extractor)
+        if not isinstance(exc, DsfhirError):
+            raise
         if backend or settings.extraction.backend == "lexicon":
             raise
         say(f"note: the {settings.extraction.backend!r} engine is not ready here ({exc});")
@@ -253,12 +255,14 @@ def run(settings: Settings, backend: str | None) -> None:
             pool = open_pool(dsn, settings.database)
             try:
                 settings, extractor = engine(settings, pool, backend)
-                codes = lexicon_codes(load_lexicon(settings))
-                with FhirClient(base_url, sleep=time.sleep) as client:
-                    rt = Runtime(pool, client, extractor, codes)
-                    _cycles(settings, rt, client, manifest)
-                    _print_results(settings, rt, client)
-                close_extractor(extractor)
+                try:
+                    codes = lexicon_codes(load_lexicon(settings))
+                    with FhirClient(base_url, sleep=time.sleep) as client:
+                        rt = Runtime(pool, client, extractor, codes)
+                        _cycles(settings, rt, client, manifest)
+                        _print_results(settings, rt, client)
+                finally:
+                    close_extractor(extractor)
             finally:
                 pool.close()
 

@@ -57,6 +57,18 @@ class Generator:
         self.prompt_tokens += sum(len(row) for row in ids)
         return ids
 
+    def _new_cache(self, reserve: int) -> Any:
+        """An empty KV cache: with ``reserve`` tokens of room per layer where the model allows
+        it (extraction.kv_cache), else transformers' own."""
+        from transformers.cache_utils import DynamicCache
+
+        from extraction.kv_cache import full_attention_only, reserved_cache
+
+        config = self.loaded.model.config
+        return (
+            reserved_cache(reserve) if full_attention_only(config) else DynamicCache(config=config)
+        )
+
     def _prefix(self, rows: Sequence[Sequence[int]], part: str) -> tuple[int, Any]:
         """The token prefix every prompt of a call shares (the task's instruction) and its KV
         cache, computed once and reused by every batch: prompts of one task differ only after
@@ -70,12 +82,10 @@ class Generator:
         if shared < MIN_SHARED_PREFIX or not self.share_prefix or len(rows) == 1:
             return 0, None
         began = time.perf_counter()
-        from extraction.kv_cache import reserved_cache
-
         ids = torch.tensor([first[:shared]], device=self.loaded.device)
         with torch.inference_mode():
             out = self.loaded.model(
-                input_ids=ids, past_key_values=reserved_cache(0), use_cache=True, logits_to_keep=1
+                input_ids=ids, past_key_values=self._new_cache(0), use_cache=True, logits_to_keep=1
             )
         self.computed_tokens += shared
         self.seconds[part] += time.perf_counter() - began
@@ -86,7 +96,7 @@ class Generator:
         cache with room for ``reserve`` more tokens per row."""
         import torch
 
-        from extraction.kv_cache import batch_copy, reserved_cache
+        from extraction.kv_cache import batch_copy
 
         width = max(len(r) for r in rows) - shared
         pad = self.loaded.tokenizer.pad_token_id or 0
@@ -94,7 +104,7 @@ class Generator:
         tail = [[0] * (width - len(r) + shared) + [1] * (len(r) - shared) for r in rows]
         dev = self.loaded.device
         tail_mask = torch.tensor(tail, device=dev)
-        past = reserved_cache(reserve) if cache is None else batch_copy(cache, len(rows), reserve)
+        past = self._new_cache(reserve) if cache is None else batch_copy(cache, len(rows), reserve)
         self.computed_tokens += sum(len(r) - shared for r in rows)
         head = torch.ones((len(rows), shared), dtype=tail_mask.dtype, device=dev)
         mask = torch.cat([head, tail_mask], dim=1)

@@ -35,6 +35,11 @@ class ReservedLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # untyped b
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         start, end = self._filled, self._filled + key_states.shape[-2]
+        if self._room_k is not None and key_states.shape[:-2] != self._room_k.shape[:-2]:
+            # torch.cat would refuse; copy_ would silently broadcast
+            raise ValueError(
+                f"cache holds {tuple(self._room_k.shape[:-2])}, got {tuple(key_states.shape[:-2])}"
+            )
         if self._room_k is None or self._room_v is None or end > self._room_k.shape[-2]:
             self._room_k = self._grown(self._room_k, key_states, end + self.reserve)
             self._room_v = self._grown(self._room_v, value_states, end + self.reserve)
@@ -81,12 +86,21 @@ class ReservedLayer(DynamicLayer):  # type: ignore[no-untyped-call]  # untyped b
             self._set_filled(self._filled)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self.batch_select_indices(beam_idx)
+        if self._room_k is not None:
+            self.batch_select_indices(beam_idx.to(self._room_k.device))
+
+
+def full_attention_only(config: Any) -> bool:
+    """Whether every layer of the model attends to the whole sequence: the only kind this
+    cache stands in for (sliding-window layers need transformers' own cache)."""
+    types = getattr(config, "layer_types", None) or ("full_attention",)
+    return all(t == "full_attention" for t in types)
 
 
 def reserved_cache(reserve: int) -> Any:
     """An empty cache whose layers keep ``reserve`` tokens of room (e.g. the longest answer
-    still to be generated), so a decoding step never copies the cache."""
+    still to be generated), so a decoding step never copies the cache. Full-attention
+    models only (:func:`full_attention_only`)."""
     cache = DynamicCache()
     # The cache calls this with no arguments to make each layer's cache on first use.
     cache.layer_class_to_replicate = functools.partial(ReservedLayer, reserve)  # type: ignore[assignment]
@@ -99,5 +113,6 @@ def batch_copy(cache: Any, rows: int, reserve: int) -> Any:
     out = copy.deepcopy(cache)
     out.batch_repeat_interleave(rows)
     for layer in out.layers:
-        layer.reserve = reserve
+        if isinstance(layer, ReservedLayer):
+            layer.reserve = reserve
     return out

@@ -11,7 +11,10 @@ flat list of sentences is dealt out, so error messages keep the caller's record 
 from __future__ import annotations
 
 import multiprocessing as mp
+import pickle
 import resource
+import signal
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
@@ -44,37 +47,54 @@ def backend_counters(backend: object) -> dict[str, int]:
 
 
 def _serve(build: Build, conn: Connection) -> None:
-    """Worker main loop: build the backend, then answer sentence batches until told to stop."""
+    """Worker main loop: build the backend, then answer numbered sentence batches until told
+    to stop (``None``) or the pipe closes."""
+    # Ctrl-C and a service manager's SIGTERM reach the whole process group: the parent
+    # decides when workers stop (it sends None, or kills them), so none dies mid-answer.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
         backend = build()
     except Exception as exc:  # reported to the parent, which raises it
-        conn.send(("error", _portable(exc)))
+        _reply(conn, 0, "error", _portable(exc))
         return
-    conn.send(("ready", backend.info))
+    _reply(conn, 0, "ready", backend.info)
     while True:
         try:
-            batch = conn.recv()
+            request = conn.recv()
         except EOFError:  # the parent went away without saying stop
             return
-        if batch is None:
+        if request is None:
             return
+        seq, batch = request
         try:
             results = backend.predict(batch)
         except Exception as exc:  # the parent re-raises it; the worker stays usable
-            conn.send(("error", _portable(exc)))
+            _reply(conn, seq, "error", _portable(exc))
             continue
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        conn.send(("ok", (results, {**backend_counters(backend), "peak_rss_kb": peak_kb})))
+        _reply(conn, seq, "ok", (results, {**backend_counters(backend), "peak_rss_kb": peak_kb}))
+
+
+def _reply(conn: Connection, seq: int, kind: str, payload: object) -> None:
+    """Send one answer; one that cannot be pickled becomes a WorkerError naming its type."""
+    try:
+        conn.send((seq, kind, payload))
+    except (TypeError, AttributeError, pickle.PicklingError):
+        error = WorkerError(
+            f"a model worker's {kind!r} answer ({type(payload).__name__}) "
+            "cannot be sent to the caller"
+        )
+        conn.send((seq, "error", error))
 
 
 def _portable(exc: Exception) -> Exception:
-    """The exception itself if it survives pickling, else a WorkerError naming it."""
-    import pickle
-
+    """The exception itself if it survives pickling, else a WorkerError naming only its type
+    (its message may quote the input)."""
     try:
         pickle.loads(pickle.dumps(exc))  # noqa: S301  # our own object, round-tripped
     except Exception:
-        return WorkerError(f"{type(exc).__name__}: {exc}")
+        return WorkerError(f"{type(exc).__module__}.{type(exc).__name__} in a model worker")
     return exc
 
 
@@ -88,29 +108,40 @@ def deal(lengths: Sequence[int], workers: int) -> list[list[int]]:
 class ProcessBackend:
     """A :class:`~extraction.pipeline.SentenceBackend` whose ``predict`` runs in ``workers``
     processes (spawned: no torch state is forked), each holding the backend ``build`` makes.
-    Use as a context manager, or call :meth:`close`."""
+    A call that ends abnormally (a worker died, an interrupt mid-exchange) stops every
+    worker, and the next call starts fresh ones: answers can never be matched to the wrong
+    batch. Use as a context manager, or call :meth:`close`."""
 
     def __init__(self, build: Build, workers: int) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
-        ctx = mp.get_context("spawn")
+        self._build = build
+        self._size = workers
+        self._seq = 0
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
         self._counters: list[dict[str, int]] = [{} for _ in range(workers)]
-        for n in range(workers):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_serve, args=(build, child), name=f"dsfhir-model-{n}")
-            proc.daemon = True  # never outlives the parent
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
+        self._info: EngineInfo = self._start()
+
+    def _start(self) -> EngineInfo:
+        ctx = mp.get_context("spawn")
         try:
-            infos = [self._receive(n) for n in range(workers)]
+            for n in range(self._size):
+                parent, child = ctx.Pipe()
+                proc = ctx.Process(
+                    target=_serve, args=(self._build, child), name=f"dsfhir-model-{n}"
+                )
+                proc.daemon = True  # never outlives the parent
+                proc.start()
+                child.close()
+                self._conns.append(parent)
+                self._procs.append(proc)
+            infos = [self._receive(n, 0) for n in range(self._size)]
         except BaseException:
-            self.close()
+            self._stop(at_once=True)
             raise
-        self._info: EngineInfo = infos[0]
+        info: EngineInfo = infos[0]
+        return info
 
     @property
     def info(self) -> EngineInfo:
@@ -118,65 +149,100 @@ class ProcessBackend:
 
     @property
     def workers(self) -> int:
-        return len(self._conns)
+        return self._size
 
-    def _receive(self, n: int) -> Any:
+    def _dead(self, n: int, cause: BaseException) -> WorkerError:
+        self._procs[n].join(1)  # reap it, so its exit code is known
+        error = WorkerError(f"model worker {n} exited (exit code {self._procs[n].exitcode})")
+        error.__cause__ = cause
+        return error
+
+    def _receive(self, n: int, seq: int) -> Any:
         try:
-            kind, payload = self._conns[n].recv()
+            got, kind, payload = self._conns[n].recv()
         except (EOFError, OSError) as exc:
-            code = self._procs[n].exitcode
-            raise WorkerError(f"model worker {n} exited (exit code {code})") from exc
+            raise self._dead(n, exc) from exc
+        if got != seq:
+            raise WorkerError(f"model worker {n} answered request {got}, expected {seq}")
         if kind == "error":
             raise payload
         return payload
 
     def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
-        shares = [s for s in deal([len(t) for t in sentences], self.workers) if s]
-        failure: Exception | None = None
-        sent = 0
-        for n, share in enumerate(shares):
-            try:
-                self._conns[n].send([sentences[i] for i in share])
-            except OSError as exc:
-                code = self._procs[n].exitcode
-                failure = WorkerError(f"model worker {n} exited (exit code {code})")
-                failure.__cause__ = exc
-                break
-            sent += 1
-        out: list[SentenceResult | None] = [None] * len(sentences)
-        for n, share in enumerate(shares[:sent]):  # every answer is read, even after a failure
-            try:
-                results, counters = self._receive(n)
-            except Exception as exc:
-                failure = failure or exc
-                continue
-            self._counters[n] = counters
-            for i, res in zip(share, results, strict=True):
-                out[i] = res
-        if failure is not None:
-            raise failure
+        if not self._conns:  # the last call ended abnormally: start over
+            self._info = self._start()
+        shares = [s for s in deal([len(t) for t in sentences], self._size) if s]
+        self._seq += 1
+        try:
+            out = self._exchange(sentences, shares, self._seq)
+        except WorkerError:
+            self._stop(at_once=True)
+            raise
+        except Exception:
+            raise  # the backend's own error, every answer read: the workers stay usable
+        except BaseException:  # interrupted mid-exchange: answers may be left in the pipes
+            self._stop(at_once=True)
+            raise
         done = [r for r in out if r is not None]
         if len(done) != len(sentences):
             raise WorkerError(f"model workers answered {len(done)} of {len(sentences)} sentences")
         return done
 
+    def _exchange(
+        self, sentences: Sequence[str], shares: list[list[int]], seq: int
+    ) -> list[SentenceResult | None]:
+        for n, share in enumerate(shares):
+            try:
+                self._conns[n].send((seq, [sentences[i] for i in share]))
+            except OSError as exc:
+                raise self._dead(n, exc) from exc
+        out: list[SentenceResult | None] = [None] * len(sentences)
+        failure: Exception | None = None
+        for n, share in enumerate(shares):  # every answer is read, even after an error
+            try:
+                results, counters = self._receive(n, seq)
+                self._counters[n] = counters
+                for i, res in zip(share, results, strict=True):
+                    out[i] = res
+            except WorkerError:
+                raise  # the pipes can no longer be trusted: predict stops every worker
+            except Exception as exc:  # the backend's own error: the workers stay usable
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return out
+
     def counters(self) -> dict[str, int]:
-        """Every worker's latest counters summed (tokens, seconds by part, peak RSS)."""
+        """Every worker's latest counters summed (tokens, seconds of work by part, peak RSS)."""
         total: Counter[str] = Counter()
         for counters in self._counters:
             total.update(counters)
         return dict(total)
 
-    def close(self) -> None:
-        for conn, proc in zip(self._conns, self._procs, strict=True):
+    def _stop(self, at_once: bool) -> None:
+        """Ask every worker to stop (or kill them ``at_once``), then reap them all."""
+        for conn, proc in zip(self._conns, self._procs, strict=False):
             try:
-                conn.send(None)
-            except OSError:
-                pass  # already gone
-            proc.join(timeout=10)
+                if at_once:
+                    proc.kill()
+                else:
+                    conn.send(None)
+            except (OSError, ValueError, AttributeError):
+                pass  # never started, or already gone
+        deadline = time.monotonic() + 10
+        for proc in self._procs:
+            if proc.pid is None:
+                continue
+            proc.join(max(0.0, deadline - time.monotonic()))
             if proc.is_alive():
-                proc.terminate()
+                proc.kill()
+                proc.join()
+        for conn in self._conns:
             conn.close()
+        self._conns, self._procs = [], []
+
+    def close(self) -> None:
+        self._stop(at_once=False)
 
     def __enter__(self) -> ProcessBackend:
         return self

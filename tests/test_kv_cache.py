@@ -47,8 +47,16 @@ def test_reserved_layer_matches_the_growing_layer_step_by_step() -> None:
     plain.crop(-2)
     reserved.crop(-2)
     _same(plain, reserved)
-    reserved.update(*_kv(2, 1, 99))  # writes after a crop land where the crop left off
-    assert reserved.get_seq_length() == plain.get_seq_length() + 1
+    new = _kv(2, 1, 99)  # writes after a crop land where the crop left off
+    plain.update(*new)
+    reserved.update(*new)
+    _same(plain, reserved)
+    with pytest.raises(ValueError, match="cache holds"):
+        reserved.update(*_kv(3, 1, 5))  # a batch of another size is refused, not broadcast
+    reserved.reset()
+    assert reserved.get_seq_length() == 0
+    reserved.update(*_kv(1, 2, 7))
+    assert reserved.keys.shape == (1, 3, 2, 8)
 
 
 def test_batch_copy_gives_each_row_the_prefix_and_the_reserve() -> None:

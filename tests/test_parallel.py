@@ -3,6 +3,7 @@ process, errors carried back by type, a dead worker reported."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -45,6 +46,22 @@ class Picky:
         if any("BOOM" in s for s in sentences):
             raise ValueError("sentence rejected")
         return self.inner.predict(sentences)
+
+
+class Fragile(Picky):
+    """Rules that die on DIE, and fail with an exception pickle cannot carry on OPAQUE."""
+
+    def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        if any("DIE" in s for s in sentences):
+            os._exit(3)
+        if any("OPAQUE" in s for s in sentences):
+            raise Unpicklable(f"could not read {sentences[0]!r}")
+        return super().predict(sentences)
+
+
+class Unpicklable(Exception):
+    def __reduce__(self) -> tuple[object, ...]:
+        raise TypeError("not picklable")
 
 
 def broken() -> RulesBackend:
@@ -99,6 +116,33 @@ def test_a_dead_worker_is_reported_not_waited_for() -> None:
         pool.close()
 
 
+def test_a_worker_dying_mid_batch_is_reported_and_the_next_call_starts_afresh() -> None:
+    with ProcessBackend(Fragile, 2) as pool:
+        old = list(pool._procs)
+        with pytest.raises(WorkerError, match=r"exited \(exit code 3\)"):
+            pool.predict(["DIE now please, this is the longest sentence", *SENTENCES[:3]])
+        assert not any(p.is_alive() for p in old)  # the survivor was stopped too
+        again = pool.predict(SENTENCES)
+        assert [_content(r) for r in again] == [_content(r) for r in rules().predict(SENTENCES)]
+        assert all(p.is_alive() for p in pool._procs) and pool._procs[0] not in old
+    assert not any(p.is_alive() for p in pool._procs)
+
+
+def test_an_error_pickle_cannot_carry_comes_back_as_its_type_without_the_text() -> None:
+    with ProcessBackend(Fragile, 1) as pool:
+        with pytest.raises(WorkerError) as info:
+            pool.predict(["OPAQUE: Takes fish oil."])
+        assert "Unpicklable" in str(info.value) and "fish oil" not in str(info.value)
+        assert len(pool.predict(SENTENCES[:1])) == 1  # the worker stayed usable
+
+
+def test_close_stops_every_worker() -> None:
+    pool = ProcessBackend(rules, 2)
+    procs = list(pool._procs)
+    pool.close()
+    assert procs and not any(p.is_alive() for p in procs)
+
+
 def test_llm_engine_in_two_workers_matches_one_process(base_dir: Path, tmp_path: Path) -> None:
     """`[extraction] workers = 2` over the real model and shipped adapter: same notes out."""
     from adapter.config import load_settings
@@ -117,6 +161,8 @@ def test_llm_engine_in_two_workers_matches_one_process(base_dir: Path, tmp_path:
     for workers in (1, 2):
         settings = load_settings(cfg, {"DSFHIR_EXTRACTION__WORKERS": str(workers)})
         with opened_extractor(settings, None) as extractor:
+            backend = getattr(extractor, "backend", None)
+            assert isinstance(backend, ProcessBackend) == (workers > 1)
             results[workers] = [r.to_json() for r in extractor.extract(notes)]
             info = extractor.info
         assert info.backend == "llm" and info.adapter.startswith("ramie-smollm2@")
