@@ -37,6 +37,10 @@ class Generator:
         self.share_prefix = share_prefix
         self.stop_on_json = stop_on_json
         self.max_new_tokens = max_new_tokens
+        from extraction.kv_cache import full_attention_only
+
+        # the reserved cache stands in for full-attention layers only (decided once)
+        self._reserved_cache = full_attention_only(loaded.model.config)
         self.eos_id = loaded.tokenizer.convert_tokens_to_ids("<|im_end|>")
         self.prompt_tokens = 0
         self.generated_tokens = 0
@@ -62,12 +66,11 @@ class Generator:
         it (extraction.kv_cache), else transformers' own."""
         from transformers.cache_utils import DynamicCache
 
-        from extraction.kv_cache import full_attention_only, reserved_cache
+        from extraction.kv_cache import reserved_cache
 
-        config = self.loaded.model.config
-        return (
-            reserved_cache(reserve) if full_attention_only(config) else DynamicCache(config=config)
-        )
+        if self._reserved_cache:
+            return reserved_cache(reserve)
+        return DynamicCache(config=self.loaded.model.config)
 
     def _prefix(self, rows: Sequence[Sequence[int]], part: str) -> tuple[int, Any]:
         """The token prefix every prompt of a call shares (the task's instruction) and its KV

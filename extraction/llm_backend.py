@@ -88,9 +88,6 @@ class LlmBackend:
             for text, d in zip(inputs, demos, strict=True)
         ]
 
-    def _generate(self, task: str, inputs: Sequence[str]) -> list[str]:
-        return self.gen.generate(self._prompts(task, inputs))
-
     def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
         results = [SentenceResult(Record(f"s{i}", s)) for i, s in enumerate(sentences)]
         todo = [
@@ -98,7 +95,7 @@ class LlmBackend:
             if not self.opts.lexicon_gate or self.lexicon.find_mentions(s)
         ]  # fmt: skip
         self.gen.loaded.use("ner")
-        outputs = self._generate("ner", [sentences[i] for i in todo])
+        outputs = self.gen.generate(self._prompts("ner", [sentences[i] for i in todo]))
         ents: dict[int, list[Entity]] = {}
         for i, out in zip(todo, outputs, strict=True):
             ents[i] = self._ground_ner(sentences[i], out, results[i])
@@ -202,7 +199,7 @@ class LlmBackend:
         """Relations from the TE prompt, attached to NER's entities by span overlap."""
         idx = [i for i, found in ents.items() if found]
         self.gen.loaded.use("te")
-        outputs = self._generate("te", [sentences[i] for i in idx])
+        outputs = self.gen.generate(self._prompts("te", [sentences[i] for i in idx]))
         out: dict[int, list[Relation]] = {}
         for i, output in zip(idx, outputs, strict=True):
             parsed = parse_list(output, (3,))
