@@ -125,6 +125,8 @@ class ExtractionConfig(_Section):
     lexicon_floor: bool = True
     label_calibration: bool = False
     workers: int = Field(2, ge=1, le=64)
+    worker_start_timeout_s: float = Field(600.0, gt=0)
+    worker_sentence_timeout_s: float = Field(60.0, gt=0)
     max_sentence_chars: int = Field(600, ge=50)
     max_note_chars: int = Field(200_000, ge=100)
     lexicon: Path | None = Path("data/lexicon/supplements.tsv")

@@ -151,7 +151,12 @@ def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extracto
         from extraction.parallel import ProcessBackend
 
         dsn = str(pool.conninfo) if pool is not None and uses_retrieval(settings) else None
-        backend = ProcessBackend(functools.partial(worker_backend, settings, dsn), workers)
+        backend = ProcessBackend(
+            functools.partial(worker_backend, settings, dsn),
+            workers,
+            start_timeout=ext.worker_start_timeout_s,
+            sentence_timeout=ext.worker_sentence_timeout_s,
+        )
     else:
         backend = sentence_backend(settings, pool)
     return NotePipeline(backend, ext.max_sentence_chars, ext.max_note_chars)

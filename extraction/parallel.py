@@ -108,15 +108,29 @@ def deal(lengths: Sequence[int], workers: int) -> list[list[int]]:
 class ProcessBackend:
     """A :class:`~extraction.pipeline.SentenceBackend` whose ``predict`` runs in ``workers``
     processes (spawned: no torch state is forked), each holding the backend ``build`` makes.
-    A call that ends abnormally (a worker died, an interrupt mid-exchange) stops every
-    worker, and the next call starts fresh ones: answers can never be matched to the wrong
-    batch. Use as a context manager, or call :meth:`close`."""
+    A call that ends abnormally (a worker died or hung, an interrupt mid-exchange) stops
+    every worker, and the next call starts fresh ones: answers can never be matched to the
+    wrong batch. A worker is declared hung when it has not started within ``start_timeout``
+    seconds, or has not answered within ``sentence_timeout`` seconds per sentence of the
+    largest share (plus that much once): generation is bounded, so only a stuck process
+    (a native deadlock, a stopped process) overruns that. Use as a context manager, or call
+    :meth:`close`."""
 
-    def __init__(self, build: Build, workers: int) -> None:
+    def __init__(
+        self,
+        build: Build,
+        workers: int,
+        start_timeout: float = 600.0,
+        sentence_timeout: float = 60.0,
+    ) -> None:
         if workers < 1:
             raise ValueError("workers must be >= 1")
+        if start_timeout <= 0 or sentence_timeout <= 0:
+            raise ValueError("worker timeouts must be positive")
         self._build = build
         self._size = workers
+        self._start_timeout = start_timeout
+        self._sentence_timeout = sentence_timeout
         self._seq = 0
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
@@ -136,7 +150,8 @@ class ProcessBackend:
                 child.close()
                 self._conns.append(parent)
                 self._procs.append(proc)
-            infos = [self._receive(n, 0) for n in range(self._size)]
+            deadline = time.monotonic() + self._start_timeout
+            infos = [self._receive(n, 0, deadline) for n in range(self._size)]
         except BaseException:
             self._stop(at_once=True)
             raise
@@ -157,8 +172,14 @@ class ProcessBackend:
         error.__cause__ = cause
         return error
 
-    def _receive(self, n: int, seq: int) -> Any:
+    def _receive(self, n: int, seq: int, deadline: float) -> Any:
+        wait = deadline - time.monotonic()
         try:
+            if not self._conns[n].poll(max(0.0, wait)):
+                raise WorkerError(
+                    f"model worker {n} gave no answer within its time limit "
+                    f"({'starting' if seq == 0 else f'request {seq}'}): stopped as hung"
+                )
             got, kind, payload = self._conns[n].recv()
         except (EOFError, OSError) as exc:
             raise self._dead(n, exc) from exc
@@ -198,9 +219,11 @@ class ProcessBackend:
                 raise self._dead(n, exc) from exc
         out: list[SentenceResult | None] = [None] * len(sentences)
         failure: Exception | None = None
+        most = max((len(share) for share in shares), default=0)
+        deadline = time.monotonic() + self._sentence_timeout * (most + 1)
         for n, share in enumerate(shares):  # every answer is read, even after an error
             try:
-                results, counters = self._receive(n, seq)
+                results, counters = self._receive(n, seq, deadline)
                 self._counters[n] = counters
                 for i, res in zip(share, results, strict=True):
                     out[i] = res

@@ -4,6 +4,7 @@ process, errors carried back by type, a dead worker reported."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,6 +58,20 @@ class Fragile(Picky):
         if any("OPAQUE" in s for s in sentences):
             raise Unpicklable(f"could not read {sentences[0]!r}")
         return super().predict(sentences)
+
+
+class Stuck(Picky):
+    """Rules that never answer a batch holding HANG."""
+
+    def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        if any("HANG" in s for s in sentences):
+            time.sleep(3600)
+        return super().predict(sentences)
+
+
+def stuck_at_start() -> RulesBackend:
+    time.sleep(3600)
+    return rules()
 
 
 class Unpicklable(Exception):
@@ -126,6 +141,23 @@ def test_a_worker_dying_mid_batch_is_reported_and_the_next_call_starts_afresh() 
         assert [_content(r) for r in again] == [_content(r) for r in rules().predict(SENTENCES)]
         assert all(p.is_alive() for p in pool._procs) and pool._procs[0] not in old
     assert not any(p.is_alive() for p in pool._procs)
+
+
+def test_a_hung_worker_is_stopped_after_its_time_limit_and_replaced() -> None:
+    with ProcessBackend(Stuck, 2, sentence_timeout=0.5) as pool:
+        old = list(pool._procs)
+        began = time.monotonic()
+        with pytest.raises(WorkerError, match="no answer within its time limit"):
+            pool.predict(["HANG: the longest sentence of this batch", *SENTENCES[:3]])
+        assert time.monotonic() - began < 30
+        assert not any(p.is_alive() for p in old)  # both stopped, the busy one killed
+        again = pool.predict(SENTENCES)
+        assert [_content(r) for r in again] == [_content(r) for r in rules().predict(SENTENCES)]
+
+
+def test_a_worker_that_never_finishes_starting_is_stopped() -> None:
+    with pytest.raises(WorkerError, match=r"no answer .*\(starting\)"):
+        ProcessBackend(stuck_at_start, 1, start_timeout=2)
 
 
 def test_an_error_pickle_cannot_carry_comes_back_as_its_type_without_the_text() -> None:
