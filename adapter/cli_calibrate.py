@@ -61,7 +61,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--check", type=Path, help="also report the fitted offsets' effect on this corpus (dev)"
     )
-    p.add_argument("--threads", type=int, help="torch threads (default: model.threads)")
+    p.add_argument(
+        "--threads", type=int, help="torch threads (default: model.threads x extraction.workers)"
+    )
     p.set_defaults(handler=_calibrate)
 
 
@@ -135,7 +137,8 @@ def _calibrate(args: argparse.Namespace, settings: Settings) -> int:
         print(f"no shared adapter at {adapter} (per-task adapters are not calibrated)")
         return 1
     runs, unseen = _unseen(adapter, args.train)
-    logits = _scorer(settings, adapter, args.threads or settings.model.threads)
+    threads = args.threads or settings.single_process_threads(settings.model.threads)
+    logits = _scorer(settings, adapter, threads)
     check = [i for r in load_corpus(args.check) for i in instances(r)] if args.check else []
     fits = {}
     for task in SCORED_TASKS:

@@ -49,7 +49,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=d.learning_rate)
     p.add_argument("--max-length", type=int, default=d.max_length)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, help="torch threads (default: [encoder] threads)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: [encoder] threads x [extraction] workers)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     p.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
@@ -81,7 +85,7 @@ def _config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
         learning_rate=given(args.lr, d.learning_rate),
         max_length=given(args.max_length, d.max_length),
         seed=given(args.seed, d.seed),
-        threads=args.threads or settings.encoder.threads,
+        threads=args.threads or settings.single_process_threads(settings.encoder.threads),
         checkpoint_every=given(args.checkpoint_every, d.checkpoint_every),
         max_steps=args.max_steps,
     )

@@ -45,6 +45,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="override extraction.lexicon_floor",
     )
     ex.add_argument(
+        "--event-floor",
+        action=argparse.BooleanOptionalAction,
+        help="override extraction.event_floor (the LLM's own NER only)",
+    )
+    ex.add_argument(
+        "--status-rules",
+        action=argparse.BooleanOptionalAction,
+        help="override extraction.status_rules (list headers, dose changes)",
+    )
+    ex.add_argument(
         "--calibration",
         action=argparse.BooleanOptionalAction,
         help="override extraction.label_calibration",
@@ -63,6 +73,10 @@ def overridden(args: argparse.Namespace, settings: Settings) -> Settings:
         ext["lexicon_gate"] = False
     if args.lexicon_floor is not None:
         ext["lexicon_floor"] = args.lexicon_floor
+    if args.event_floor is not None:
+        ext["event_floor"] = args.event_floor
+    if args.status_rules is not None:
+        ext["status_rules"] = args.status_rules
     if args.calibration is not None:
         ext["label_calibration"] = args.calibration
     update: dict[str, Any] = {"extraction": settings.extraction.model_copy(update=ext)}

@@ -101,7 +101,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--init", type=Path, help="llm: continue from this adapter (warm start; its rank applies)"
     )
-    p.add_argument("--threads", type=int, help="torch threads (default: model/encoder threads)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads (default: [model] or [encoder] threads x [extraction] workers; "
+        "one thread is best beside other work)",
+    )
     p.add_argument("--dev", type=Path, help=f"encoder: dev corpus scored per epoch ({DEFAULT_DEV})")
     p.add_argument(
         "--max-steps", type=int, help="stop after this many steps (LLM: resumes, then saves)"
@@ -181,8 +186,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     if args.backend == "encoder":
         return train_encoder(args, settings)
 
-    # On a busy machine one thread beats two: oversubscribed cores spin instead of working.
-    torch.set_num_threads(args.threads or settings.model.threads)
+    torch.set_num_threads(args.threads or settings.single_process_threads(settings.model.threads))
     out_root = args.out or (
         settings.resolve(settings.model.adapter) if settings.model.adapter else None
     )

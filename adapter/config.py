@@ -123,6 +123,8 @@ class ExtractionConfig(_Section):
     lexicon_gate: bool = True
     known_only: bool = True
     lexicon_floor: bool = True
+    event_floor: bool = True
+    status_rules: bool = True
     label_calibration: bool = False
     workers: int = Field(2, ge=1, le=64)
     worker_start_timeout_s: float = Field(600.0, gt=0)
@@ -174,6 +176,11 @@ class Settings(_Section):
     @property
     def state_dir(self) -> Path:
         return self.resolve(self.paths.state_dir)
+
+    def single_process_threads(self, per_worker: int) -> int:
+        """Torch threads for a job that runs in one process (training, calibration): the
+        cores inference is configured to use, ``per_worker`` threads x ``extraction.workers``."""
+        return per_worker * self.extraction.workers
 
 
 _SECTIONS = tuple(name for name in Settings.model_fields if name != "source")

@@ -26,7 +26,7 @@ from extraction.errors import ModelLoadError, RetrievalError
 from extraction.lexicon import Lexicon
 from extraction.pipeline import NotePipeline, SentenceBackend
 from extraction.retrieval import ExampleIndex
-from extraction.rules import RulesBackend
+from extraction.rules import EventGazetteer, RulesBackend
 from extraction.tasks import Demo, task_version
 
 if TYPE_CHECKING:
@@ -159,7 +159,7 @@ def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extracto
         )
     else:
         backend = sentence_backend(settings, pool)
-    return NotePipeline(backend, ext.max_sentence_chars, ext.max_note_chars)
+    return NotePipeline(backend, ext.max_sentence_chars, ext.max_note_chars, ext.status_rules)
 
 
 @contextmanager
@@ -232,7 +232,8 @@ def _llm_backend(
         base_model=base_identity(base)["name"],
         adapter=_adapter_name(adapter) + calibration_tag(options),
     )
-    return LlmBackend(generator, IndexRetriever(index), lexicon, info, options)
+    events = EventGazetteer(event_terms(settings)) if settings.extraction.event_floor else None
+    return LlmBackend(generator, IndexRetriever(index), lexicon, info, options, events)
 
 
 def llm_options(settings: Settings, adapter: Path | None, k: int) -> LlmOptions:

@@ -21,15 +21,19 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "bench" / "results" / "ablations"
 
-# Fixed runs: name -> extra `dsfhir extract` arguments.
+# Fixed runs: name -> extra `dsfhir extract` arguments (status rules off: the baselines as
+# first measured; "encoder+status" adds them).
+_PLAIN = ["--no-status-rules", "--no-event-floor"]
 FIXED: dict[str, list[str]] = {
-    "rules": ["--backend", "lexicon"],
-    "encoder": ["--backend", "encoder", "--no-lexicon-floor"],
-    "encoder+floor": ["--backend", "encoder", "--lexicon-floor"],
-    "base-zero-shot": ["--backend", "llm", "--adapter", "none", "--k", "0"],
+    "rules": ["--backend", "lexicon", *_PLAIN],
+    "encoder": ["--backend", "encoder", "--no-lexicon-floor", *_PLAIN],
+    "encoder+floor": ["--backend", "encoder", "--lexicon-floor", *_PLAIN],
+    "encoder+status": ["--backend", "encoder", "--no-lexicon-floor", "--status-rules"],
+    "base-zero-shot": ["--backend", "llm", "--adapter", "none", "--k", "0", *_PLAIN],
 }
 # Model runs "<family>-k<N>[+modifier...]", e.g. ft-k1, per-task-k0+te-task, hybrid-k0+floor,
-# ft-k0+floor+cal (label calibration from the adapter manifest).
+# ft-k0+floor+cal (label calibration from the adapter manifest), ft-k0+floor+events (the
+# event gazetteer as a floor under the LLM's events), +status (extraction.status_rules).
 FAMILIES: dict[str, list[str]] = {
     "ft": ["--backend", "llm"],  # the shipped shared adapter
     "per-task": ["--backend", "llm", "--adapter", "{per_task}"],
@@ -39,6 +43,8 @@ FAMILIES: dict[str, list[str]] = {
 MODIFIERS: dict[str, list[str]] = {
     "te-task": ["--te-mode", "task"],
     "floor": ["--lexicon-floor"],
+    "events": ["--event-floor"],
+    "status": ["--status-rules"],
     "nogate": ["--no-gate"],
     "cal": ["--calibration"],
 }
@@ -56,6 +62,10 @@ def extract_args(name: str, per_task: Path) -> list[str]:
     # Pinned: the configured defaults must not change what a name means.
     if "floor" not in mods:
         args.append("--no-lexicon-floor")
+    if "events" not in mods:
+        args.append("--no-event-floor")
+    if "status" not in mods:
+        args.append("--no-status-rules")
     if "cal" not in mods:
         args.append("--no-calibration")
     return args + [a for m in mods for a in MODIFIERS[m]]

@@ -17,6 +17,7 @@ from extraction.aggregate import aggregate
 from extraction.api import EngineInfo, NoteExtraction
 from extraction.corpus import Entity, Record, Relation, Usage
 from extraction.sentences import Sentence, check_text, split_sentences
+from extraction.status_rules import apply_dose_changes, apply_list_headers
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +70,20 @@ def merge(
 
 
 class NotePipeline:
-    """An :class:`~extraction.api.Extractor` built on a sentence backend."""
+    """An :class:`~extraction.api.Extractor` built on a sentence backend. ``status_rules``
+    applies :mod:`extraction.status_rules` (list headers, dose changes) to every note."""
 
     def __init__(
-        self, backend: SentenceBackend, max_sentence_chars: int = 600, max_note_chars: int = 200_000
+        self,
+        backend: SentenceBackend,
+        max_sentence_chars: int = 600,
+        max_note_chars: int = 200_000,
+        status_rules: bool = True,
     ) -> None:
         self.backend = backend
         self.max_sentence_chars = max_sentence_chars
         self.max_note_chars = max_note_chars
+        self.status_rules = status_rules
 
     @property
     def info(self) -> EngineInfo:
@@ -105,6 +112,8 @@ class NotePipeline:
         self, text: str, truncated: bool, sents: list[Sentence], chunk: Sequence[SentenceResult]
     ) -> NoteExtraction:
         record = merge("note", text, sents, chunk)
+        if self.status_rules:
+            record = apply_list_headers(apply_dose_changes(record))
         supplements, facts = aggregate(record)
         unparseable: Counter[str] = Counter()
         for res in chunk:

@@ -52,14 +52,35 @@ _ADVERSE = re.compile(
 )
 
 
+def _is_product(text: str, start: int, end: int) -> bool:
+    return not (_NOT_PRODUCT_AFTER.match(text[end:]) or _NOT_PRODUCT_BEFORE.search(text[:start]))
+
+
 def product_mentions(lexicon: Lexicon, text: str) -> list[Entity]:
     """Lexicon hits that name a product taken (not a level, deficiency, diet or infusion)."""
-    out = []
-    for start, end, name in lexicon.find_mentions(text):
-        if _NOT_PRODUCT_AFTER.match(text[end:]) or _NOT_PRODUCT_BEFORE.search(text[:start]):
-            continue
-        out.append(Entity("", "supplement", start, end, text[start:end], name))
-    return out
+    return [
+        Entity("", "supplement", start, end, text[start:end], name)
+        for start, end, name in lexicon.find_mentions(text)
+        if _is_product(text, start, end)
+    ]
+
+
+def without_non_products(found: Sequence[Entity], lexicon: Lexicon, text: str) -> list[Entity]:
+    """A model's entities less the supplements that overlap only lexicon names in a
+    non-product context ("vitamin D level", "copper deficiency", "IV iron", "vitamin K
+    intake"): guidelines §1 exclude those, and a small model tags them anyway."""
+    hits = lexicon.find_mentions(text)
+    products = [(a, b) for a, b, _ in hits if _is_product(text, a, b)]
+    others = [(a, b) for a, b, _ in hits if not _is_product(text, a, b)]
+
+    def overlaps(ent: Entity, spans: list[tuple[int, int]]) -> bool:
+        return any(a < ent.end and ent.start < b for a, b in spans)
+
+    return [
+        e
+        for e in found
+        if e.type != "supplement" or overlaps(e, products) or not overlaps(e, others)
+    ]
 
 
 def with_lexicon_floor(found: Sequence[Entity], products: Sequence[Entity]) -> list[Entity]:
@@ -80,10 +101,38 @@ def with_lexicon_floor(found: Sequence[Entity], products: Sequence[Entity]) -> l
     return sorted(out, key=lambda e: e.start)
 
 
-def _gazetteer(terms: Iterable[str]) -> re.Pattern[str]:
-    unique = sorted({t.strip().lower() for t in terms if len(t.strip()) > 2}, key=len, reverse=True)
-    body = "|".join(re.escape(t) for t in unique) or r"(?!x)x"
-    return re.compile(rf"(?<![\w-])(?:{body})(?![\w])", re.IGNORECASE)
+class EventGazetteer:
+    """Event phrases seen in annotated training data, found whole-word and case-blind
+    (longest phrase first)."""
+
+    def __init__(self, terms: Iterable[str]) -> None:
+        unique = sorted(
+            {t.strip().lower() for t in terms if len(t.strip()) > 2}, key=len, reverse=True
+        )
+        body = "|".join(re.escape(t) for t in unique) or r"(?!x)x"
+        self._pattern = re.compile(rf"(?<![\w-])(?:{body})(?![\w])", re.IGNORECASE)
+
+    def find(self, text: str) -> list[Entity]:
+        return [
+            Entity("", "event", m.start(), m.end(), m.group(0))
+            for m in self._pattern.finditer(text)
+        ]
+
+
+def with_event_floor(found: Sequence[Entity], events: Sequence[Entity]) -> list[Entity]:
+    """A model's entities plus the gazetteer events that overlap nothing it tagged.
+
+    Only for sentences where a supplement was found (events exist only beside one:
+    guidelines §4). Where the model tagged an overlapping span, its boundaries stand.
+    Ids are left for the caller to assign.
+    """
+    if not any(e.type == "supplement" for e in found):
+        return list(found)
+    out = list(found)
+    for ev in events:
+        if all(ev.end <= e.start or ev.start >= e.end for e in out):
+            out.append(ev)
+    return sorted(out, key=lambda e: e.start)
 
 
 class RulesBackend:
@@ -91,7 +140,7 @@ class RulesBackend:
 
     def __init__(self, lexicon: Lexicon, event_terms: Iterable[str]) -> None:
         self.lexicon = lexicon
-        self._events = _gazetteer(event_terms)
+        self._events = EventGazetteer(event_terms)
 
     @property
     def info(self) -> EngineInfo:
@@ -109,9 +158,9 @@ class RulesBackend:
             return Record(f"s{idx}", text)
         taken = [(e.start, e.end) for e in supps]
         events = [
-            Entity("", "event", m.start(), m.end(), m.group(0))
-            for m in self._events.finditer(text)
-            if all(m.end() <= a or m.start() >= b for a, b in taken)
+            ev
+            for ev in self._events.find(text)
+            if all(ev.end <= a or ev.start >= b for a, b in taken)
         ]
         ents = sorted(supps + events, key=lambda e: e.start)
         ents = [

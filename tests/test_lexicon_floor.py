@@ -1,4 +1,5 @@
-"""The lexicon floor under a model's supplements (extraction.rules.with_lexicon_floor)."""
+"""The lexicon floor under a model's supplements and the event gazetteer under its events
+(extraction.rules.with_lexicon_floor, with_event_floor)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,13 @@ from pathlib import Path
 
 from extraction.corpus import Entity
 from extraction.lexicon import Lexicon
-from extraction.rules import product_mentions, with_lexicon_floor
+from extraction.rules import (
+    EventGazetteer,
+    product_mentions,
+    with_event_floor,
+    with_lexicon_floor,
+    without_non_products,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 LEXICON = Lexicon.load(REPO / "data/lexicon/supplements.tsv")
@@ -48,3 +55,47 @@ def test_text_the_model_tagged_otherwise_is_left_alone() -> None:
     two = [ent(text, "supplement", "fish"), ent(text, "event", "oil")]
     products = product_mentions(LEXICON, text)
     assert with_lexicon_floor(two, products) == two  # ambiguous overlap: kept as the model said
+
+
+def test_event_gazetteer_finds_whole_phrases_case_blind_longest_first() -> None:
+    gazetteer = EventGazetteer(["leg cramps", "cramps", "GI upset", "ab"])
+    text = "Leg cramps and gi upset; no scramps, cramps at night."
+    assert [e.text for e in gazetteer.find(text)] == ["Leg cramps", "gi upset", "cramps"]
+    assert all(e.type == "event" and text[e.start : e.end] == e.text for e in gazetteer.find(text))
+    assert EventGazetteer([]).find(text) == []  # no phrases: nothing found, no error
+
+
+def test_gazetteer_events_fill_in_beside_a_supplement_without_moving_the_models() -> None:
+    gazetteer = EventGazetteer(["leg cramps", "insomnia", "sleep"])
+    text = "Takes magnesium for leg cramps and melatonin for insomnia."
+    model = [ent(text, "supplement", "magnesium"), ent(text, "event", "cramps")]
+    out = with_event_floor(model, gazetteer.find(text))
+    assert spans(out) == [
+        ("supplement", "magnesium"),
+        ("event", "cramps"),  # the model's boundaries stand over the gazetteer's
+        ("event", "insomnia"),  # missed by the model, added
+    ]
+    text = "Insomnia is better."
+    assert with_event_floor([], gazetteer.find(text)) == []  # no supplement: no events
+    text = "Melatonin for sleep."
+    tagged = [ent(text, "supplement", "Melatonin"), ent(text, "supplement", "sleep")]
+    assert with_event_floor(tagged, gazetteer.find(text)) == tagged  # tagged otherwise: kept
+
+
+def test_supplements_in_a_non_product_context_are_dropped() -> None:
+    text = "Switch IV thiamine to oral thiamine; vitamin D level low; takes fish oil for dry eyes."
+    model = [
+        ent(text, "supplement", "IV thiamine"),
+        ent(text, "supplement", "oral thiamine"),
+        ent(text, "supplement", "vitamin D"),
+        ent(text, "supplement", "fish oil"),
+        ent(text, "event", "dry eyes"),
+    ]
+    assert spans(without_non_products(model, LEXICON, text)) == [
+        ("supplement", "oral thiamine"),  # overlaps a product mention: kept
+        ("supplement", "fish oil"),
+        ("event", "dry eyes"),  # events are not the lexicon's business
+    ]
+    text = "Takes zorbex powder daily."  # a name the lexicon does not know: not its call
+    unknown = [ent(text, "supplement", "zorbex powder")]
+    assert without_non_products(unknown, LEXICON, text) == unknown

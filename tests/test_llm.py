@@ -321,3 +321,25 @@ def test_max_steps_stops_then_a_rerun_resumes_and_saves(
     assert cut.steps == 1 and (tmp_path / "a" / "adapter_model.safetensors").is_file()
     full = train_lora(base_dir, data, opts, tmp_path / "b", ckpt, "fp", pad)
     assert full.resumed_from == 1 and full.steps == 4
+
+
+def test_event_floor_adds_gazetteer_events_to_the_models_own_ner(
+    base_dir: Path, lexicon: Lexicon
+) -> None:
+    from extraction.rules import EventGazetteer
+
+    text = "Takes magnesium for leg cramps; fish oil was stopped after nausea."
+    answer = '[["s", "magnesium"], ["e", "cramps"], ["s", "fish oil"]]'  # a canned model answer
+    gen = Generator(load_model(base_dir, None), batch_size=4, max_new_tokens=24)
+    plain = LlmBackend(gen, NoRetrieval(), lexicon, INFO)
+    floored = LlmBackend(gen, NoRetrieval(), lexicon, INFO, None, EventGazetteer(["nausea"]))
+    found = {}
+    for name, backend in (("plain", plain), ("floored", floored)):
+        res = SentenceResult(Record("s0", text))
+        found[name] = [(e.id, e.type, e.text) for e in backend._ground_ner(text, answer, res)]
+    assert found["plain"] == [
+        ("T1", "supplement", "magnesium"),
+        ("T2", "event", "cramps"),
+        ("T3", "supplement", "fish oil"),
+    ]
+    assert found["floored"] == [*found["plain"], ("T4", "event", "nausea")]
