@@ -39,11 +39,17 @@ _HEADER_STATUS = {
     "continue": "continue",
     "continued": "continue",
     "unchanged": "continue",
-    "change": "continue",
-    "changed": "continue",
-    "changes": "continue",
+    "changed": "continue",  # "CHANGED:" lists dose changes; "Medication changes:" is anything
 }
 _MAX_HEADER_WORDS = 4
+# An item that states its own action ("- Fish oil: hold 7 days before surgery" under
+# CONTINUE:) keeps the model's reading.
+_ITEM_ACTION = {
+    "start": re.compile(r"\b(start\w*|begin|began|new|resum\w*|restart\w*)\b", re.IGNORECASE),
+    "discontinue": re.compile(
+        r"\b(stop\w*|hold|held|discontinu\w*|d/c\w*|quit|avoid)\b", re.IGNORECASE
+    ),
+}
 _DOSE_CHANGE = re.compile(
     r"\b(increas\w*|decreas\w*|reduc\w*|lower\w*|rais\w*|doubl\w*|halv\w*|titrat\w*|"
     r"adjust\w*|chang\w*|cut\s+back|go\s+up|bump\w*)\b",
@@ -72,17 +78,22 @@ def header_status(line: str) -> str | None:
 
 def list_items(text: str) -> Iterator[tuple[int, str]]:
     """(offset of the item's first character after its bullet, header status) for each
-    list item under a status header. Blank lines keep a list open; any other line ends it."""
+    list item under a status header, unless the item states another action itself. Blank
+    lines keep a list open; any other line ends it."""
     status: str | None = None
     pos = 0
     for line in text.splitlines(keepends=True):
         bare = line.rstrip("\r\n")
         item = _ITEM.match(bare)
-        if item and status is not None:
+        if item and status is not None and not _states_other(bare[item.end() :], status):
             yield pos + item.end(), status
         elif bare.strip() and not item:
             status = header_status(bare)
         pos += len(line)
+
+
+def _states_other(item: str, status: str) -> bool:
+    return any(rx.search(item) for st, rx in _ITEM_ACTION.items() if st != status)
 
 
 def apply_list_headers(record: Record) -> Record:

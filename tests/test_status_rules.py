@@ -25,6 +25,7 @@ NEW:
 - Acamprosate 666 mg PO TID
 CONTINUE:
 - Famotidine 20 mg BID for heartburn (replaces licorice)
+- Fish oil 1 g daily - hold 7 days before surgery
 
 RESUME:
 1. CoQ10 100 mg daily
@@ -45,6 +46,7 @@ PATIENT INSTRUCTIONS:
         ("STOP:", "discontinue"),
         ("  Hold these:  ", "discontinue"),
         ("CHANGED:", "continue"),
+        ("Medication changes:", None),  # any change: starts and stops too
         ("CONTINUE:", "continue"),
         ("DISCHARGE MEDICATIONS:", None),  # no status word
         ("Stop or continue:", None),  # two statuses
@@ -62,6 +64,7 @@ def test_list_items_carry_their_headers_status_until_other_text() -> None:
         ("Thiamine 100 mg PO daily", "start"),
         ("Acamprosate 666 mg PO TID", "start"),
         ("Famotidine 20 mg BID for heartburn (replaces licorice)", "continue"),
+        # the fish oil item states its own action (hold): not a CONTINUE: item
         ("CoQ10 100 mg daily", "start"),  # a blank line keeps the list open, numbers count
         ("Licorice root tablets", "discontinue"),
     ]  # PATIENT INSTRUCTIONS: no status, so its items get none
