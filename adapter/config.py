@@ -127,8 +127,8 @@ class ExtractionConfig(_Section):
     status_rules: bool = True
     label_calibration: bool = False
     workers: int = Field(2, ge=1, le=64)
-    worker_start_timeout_s: float = Field(600.0, gt=0)
-    worker_sentence_timeout_s: float = Field(60.0, gt=0)
+    worker_start_timeout_s: float = Field(600.0, gt=0, le=86_400)
+    worker_sentence_timeout_s: float = Field(60.0, gt=0, le=86_400)
     max_sentence_chars: int = Field(600, ge=50)
     max_note_chars: int = Field(200_000, ge=100)
     lexicon: Path | None = Path("data/lexicon/supplements.tsv")
@@ -179,8 +179,9 @@ class Settings(_Section):
 
     def single_process_threads(self, per_worker: int) -> int:
         """Torch threads for a job that runs in one process (training, calibration): the
-        cores inference is configured to use, ``per_worker`` threads x ``extraction.workers``."""
-        return per_worker * self.extraction.workers
+        cores inference is configured to use, ``per_worker`` threads x ``extraction.workers``,
+        at most the CPUs this process may run on."""
+        return max(1, min(per_worker * self.extraction.workers, len(os.sched_getaffinity(0))))
 
 
 _SECTIONS = tuple(name for name in Settings.model_fields if name != "source")

@@ -13,7 +13,9 @@
     ├── NoteTextError                a note has no usable text (reason recorded, never dropped)
     ├── MappingError                 extraction result cannot become valid FHIR (mappers)
     └── ExtractionError              extraction.errors: CorpusError, ModelOutputError,
-                                     ModelLoadError, RetrievalError
+                                     ModelLoadError, RetrievalError, WorkerError (a model
+                                     worker process died or hung: the sync cycle leaves the
+                                     page for the next cycle)
 
 Messages name the record (note id, corpus line, config key) and never carry note text.
 """

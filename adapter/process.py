@@ -20,7 +20,7 @@ from adapter.note_text import NoteText, note_text
 from adapter.store import DocumentMeta, FactRow, NoteRecord, OutputRow, Store, SupplementRow
 from adapter.writeback import BundleWriter, output_rows, pending_payload, written_count
 from extraction.api import Extractor, NoteExtraction, NoteFact, NoteSupplement
-from extraction.errors import ExtractionError
+from extraction.errors import ExtractionError, WorkerError
 from mappers.bundle import BundleOptions, NoteBundle, note_bundle
 from mappers.errors import MappingError
 from mappers.identifiers import observation_key, statement_key
@@ -145,9 +145,13 @@ class NoteProcessor:
         return Prepared(doc, meta, text, {"fetch": _ms(started)})
 
     def extract(self, texts: Sequence[str]) -> list[NoteExtraction | str]:
-        """One batch through the engine; on failure each note alone, to isolate the bad one."""
+        """One batch through the engine; on failure each note alone, to isolate the bad one.
+        A failed model worker is no note's fault: WorkerError goes up, and the cycle leaves
+        the page for the next one."""
         try:
             return list(self._extractor.extract(texts))
+        except WorkerError:
+            raise
         except (ExtractionError, ValueError) as exc:
             if len(texts) == 1:
                 # extraction errors name the problem, never the text

@@ -37,6 +37,7 @@ from adapter.writeback import (
     written_count,
 )
 from extraction.api import Extractor
+from extraction.errors import WorkerError
 from mappers.terminology import CodeLookup, no_codes
 
 log = logging.getLogger(__name__)
@@ -163,7 +164,8 @@ class Syncer:
         self._persist = persist
 
     def run_cycle(self, stop: threading.Event | None = None) -> CycleSummary:
-        """Retry queued writes, then process new pages; never raises for FHIR failures."""
+        """Retry queued writes, then process new pages; never raises for FHIR failures or
+        failed model workers (the page they were on is left for the next cycle)."""
         summary = CycleSummary(self._opts.source)
         started = time.monotonic()
         with self._store.source_lock() as locked:
@@ -177,6 +179,8 @@ class Syncer:
                 self._pull(summary, stop)
             except FhirError as exc:
                 summary.error = str(exc)
+            except WorkerError as exc:  # names a worker and an exit code, never note text
+                summary.error = f"model workers failed: {exc}"
             summary.duration_s = time.monotonic() - started
             if self._persist:
                 self._store.record_cycle(summary.as_dict(), summary.duration_s, summary.error)

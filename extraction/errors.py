@@ -9,7 +9,8 @@ tree is drawn in ``adapter/errors.py``. This module's part::
         ├── CorpusError          a corpus/prediction record breaks the annotation format
         ├── ModelOutputError     model output that fails the schema or span alignment
         ├── ModelLoadError       a base model / adapter cannot be found or loaded
-        └── RetrievalError       the example index is missing or unusable
+        ├── RetrievalError       the example index is missing or unusable
+        └── WorkerError          a model worker process failed to start, died or hung
 
 Each error names the record or artefact it concerns; none carries note text.
 """
@@ -47,3 +48,8 @@ class ModelLoadError(ExtractionError):
 
 class RetrievalError(ExtractionError):
     """The demonstration index is missing, empty or inconsistent."""
+
+
+class WorkerError(ExtractionError):
+    """A model worker process failed to start, died, hung, or returned something unusable.
+    The machine's fault, not the notes': callers retry later rather than blame a note."""

@@ -54,7 +54,9 @@ class LlmOptions:
     lexicon_gate: bool = True  # skip sentences with no lexicon candidate (cannot hold one)
     hints: bool = True
     known_only: bool = True  # drop supplement mentions the lexicon cannot place
-    lexicon_floor: bool = False  # lexicon products the model missed are added, spans snapped
+    # Lexicon products the model missed are added, spans snapped; supplements naming only a
+    # level, deficiency, intake or IV product are dropped (rules.without_non_products).
+    lexicon_floor: bool = False
     # (task, version) of the prompt templates the adapter was trained with; absent = current.
     prompt_versions: tuple[tuple[str, int], ...] = ()
     # (task, per-label logit offsets) fitted by `dsfhir calibrate`; absent = none.

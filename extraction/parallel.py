@@ -22,14 +22,13 @@ from types import TracebackType
 from typing import Any
 
 from extraction.api import EngineInfo
-from extraction.errors import ExtractionError
+from extraction.errors import WorkerError
 from extraction.pipeline import SentenceBackend, SentenceResult
 
 Build = Callable[[], SentenceBackend]
 
 
-class WorkerError(ExtractionError):
-    """A worker process failed to start, died, or returned something unusable."""
+__all__ = ["ProcessBackend", "WorkerError", "backend_counters", "deal"]
 
 
 def backend_counters(backend: object) -> dict[str, int]:

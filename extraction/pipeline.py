@@ -78,7 +78,7 @@ class NotePipeline:
         backend: SentenceBackend,
         max_sentence_chars: int = 600,
         max_note_chars: int = 200_000,
-        status_rules: bool = True,
+        status_rules: bool = False,
     ) -> None:
         self.backend = backend
         self.max_sentence_chars = max_sentence_chars

@@ -3,6 +3,7 @@ process, errors carried back by type, a dead worker reported."""
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import time
 from collections.abc import Sequence
@@ -158,6 +159,7 @@ def test_a_hung_worker_is_stopped_after_its_time_limit_and_replaced() -> None:
 def test_a_worker_that_never_finishes_starting_is_stopped() -> None:
     with pytest.raises(WorkerError, match=r"no answer .*\(starting\)"):
         ProcessBackend(stuck_at_start, 1, start_timeout=2)
+    assert not mp.active_children()  # the stuck worker was killed and reaped
 
 
 def test_an_error_pickle_cannot_carry_comes_back_as_its_type_without_the_text() -> None:

@@ -3,13 +3,14 @@ changes, on their own and inside the note pipeline."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from extraction.corpus import Entity, Record, Usage
 from extraction.lexicon import Lexicon
-from extraction.pipeline import NotePipeline
+from extraction.pipeline import NotePipeline, SentenceResult
 from extraction.rules import RulesBackend
 from extraction.status_rules import (
     apply_dose_changes,
@@ -47,6 +48,10 @@ PATIENT INSTRUCTIONS:
         ("  Hold these:  ", "discontinue"),
         ("CHANGED:", "continue"),
         ("Medication changes:", None),  # any change: starts and stops too
+        ("NEW medications (started this admission):", "start"),
+        ("Do not start:", None),  # negated
+        ("New allergies:", None),  # not a medication-action list
+        ("RESUMED:", None),  # "was on X, now back on" is continue, not a plan
         ("CONTINUE:", "continue"),
         ("DISCHARGE MEDICATIONS:", None),  # no status word
         ("Stop or continue:", None),  # two statuses
@@ -65,9 +70,18 @@ def test_list_items_carry_their_headers_status_until_other_text() -> None:
         ("Acamprosate 666 mg PO TID", "start"),
         ("Famotidine 20 mg BID for heartburn (replaces licorice)", "continue"),
         # the fish oil item states its own action (hold): not a CONTINUE: item
-        ("CoQ10 100 mg daily", "start"),  # a blank line keeps the list open, numbers count
+        ("CoQ10 100 mg daily", "start"),  # numbered items count
         ("Licorice root tablets", "discontinue"),
     ]  # PATIENT INSTRUCTIONS: no status, so its items get none
+
+
+def test_a_list_ends_at_a_blank_line_and_conditional_stops_are_no_action() -> None:
+    text = (
+        "STOP:\n- Iron\n\n- Vitamin D 1000 IU daily\n"
+        "CONTINUE:\n-Magnesium 400 mg, stop if diarrhea\n"
+    )
+    items = [(text[pos : text.index("\n", pos)], st) for pos, st in list_items(text)]
+    assert items == [("Iron", "discontinue"), ("Magnesium 400 mg, stop if diarrhea", "continue")]
 
 
 def _note(text: str, mentions: list[tuple[str, int, str]]) -> Record:
@@ -119,15 +133,59 @@ def test_a_dose_change_is_continue_unless_a_start_is_stated() -> None:
     assert _statuses(apply_dose_changes(note)) == ["continue", "start", "discontinue", "start"]
 
 
-def test_the_pipeline_applies_the_status_rules_unless_told_not_to() -> None:
+@pytest.mark.parametrize(
+    ("text", "mentions", "want"),
+    [
+        # the verb belongs to the other sentence / the other supplement
+        (
+            "Increase magnesium to 400 mg. Vitamin D 50,000 IU weekly x 8 weeks.",
+            [("magnesium", 0, "continue"), ("Vitamin D", 0, "start")],
+            ["continue", "start"],
+        ),
+        (
+            "Increase magnesium to 400 mg and start vitamin D.",
+            [("magnesium", 0, "start"), ("vitamin D", 0, "start")],
+            ["continue", "start"],
+        ),
+        # a switch, an event, a purpose: no dose change
+        ("Change fish oil to krill oil.", [("krill oil", 0, "start")], ["start"]),
+        ("Increased bruising since ginkgo last week.", [("ginkgo", 0, "start")], ["start"]),
+        ("Vitamin C to lower the chance of CRPS.", [("Vitamin C", 0, "start")], ["start"]),
+    ],
+)
+def test_the_dose_rule_reads_only_its_own_clause(
+    text: str, mentions: list[tuple[str, int, str]], want: list[str]
+) -> None:
+    assert _statuses(apply_dose_changes(_note(text, mentions))) == want
+
+
+class AllStart:
+    """The rules backend, but every supplement labelled start (what the rules must fix)."""
+
+    def __init__(self, inner: RulesBackend) -> None:
+        self.inner = inner
+        self.info = inner.info
+
+    def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        out = self.inner.predict(sentences)
+        for res in out:
+            rec = res.record
+            usage = tuple(Usage(u.entity, "start") for u in rec.usage)
+            res.record = Record(rec.id, rec.text, rec.entities, rec.relations, usage)
+        return out
+
+
+def test_the_pipeline_applies_the_status_rules_only_when_told_to() -> None:
     lexicon = Lexicon.load(REPO / "data/lexicon/supplements.tsv")
-    backend = RulesBackend(lexicon, ["heartburn"])
+    backend = AllStart(RulesBackend(lexicon, ["heartburn"]))
     note = DISCHARGE.replace("Keep taking your vitamin D.", "Increase vitamin D to 2000 IU.")
-    (on,) = NotePipeline(backend).extract([note])
-    (off,) = NotePipeline(backend, status_rules=False).extract([note])
+    (on,) = NotePipeline(backend, status_rules=True).extract([note])
+    (off,) = NotePipeline(backend).extract([note])  # off unless asked: the engine asks
     on_list = {s.normalized: s.status for s in on.supplements}
     off_list = {s.normalized: s.status for s in off.supplements}
-    assert on_list["thiamine"] == "start" != off_list["thiamine"]
-    assert on_list["coenzyme q10"] == "start" and on_list["licorice"] == "discontinue"
-    assert on_list["vitamin d"] == "continue"
+    assert set(off_list.values()) == {"start"}
+    assert on_list["thiamine"] == "start"  # NEW:
+    assert on_list["coenzyme q10"] == "start"  # RESUME:
+    assert on_list["licorice"] == "discontinue"  # STOP: (the last definite mention)
+    assert on_list["vitamin d"] == "continue"  # a dose change, under no status header
     assert set(on_list) == set(off_list)  # only statuses change

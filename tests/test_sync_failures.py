@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -17,6 +17,7 @@ from adapter import migrate
 from adapter.config import FhirConfig, Settings, WritebackConfig
 from adapter.fhir_client import FhirClient, RetryPolicy
 from adapter.sync import CycleSummary, build_syncer
+from extraction.errors import WorkerError
 from tests.fhir_server import docref, make_extractor
 
 BASE = "https://ehr.example.org/fhir"
@@ -83,6 +84,7 @@ class Harness:
     dsn: str
     fake: FakeFhir
     sleeps: list[float] = field(default_factory=list)
+    extractor: Callable[[], Any] = make_extractor
 
     def cycle(self) -> CycleSummary:
         settings = Settings(
@@ -96,7 +98,7 @@ class Harness:
             sleep=self.sleeps.append,
         )
         with client, psycopg.connect(self.dsn) as conn:
-            syncer = build_syncer(settings, client=client, conn=conn, extractor=make_extractor())
+            syncer = build_syncer(settings, client=client, conn=conn, extractor=self.extractor())
             return syncer.run_cycle()
 
     def sql(self, query: str) -> list[tuple[Any, ...]]:
@@ -272,3 +274,25 @@ def test_a_note_the_engine_refuses_fails_alone(dsn: str) -> None:
     (reason,) = h.sql("SELECT reason FROM document_versions WHERE doc_id = 'nul'")[0]
     assert reason.startswith("extraction failed: ValueError") and "NUL" in reason
     assert h.watermark() == minute(3)
+
+
+class DeadWorkers:
+    """An engine whose model worker processes have died."""
+
+    info = make_extractor().info
+
+    def extract(self, texts: Sequence[str]) -> list[Any]:
+        raise WorkerError("model worker 1 exited (exit code -9)")
+
+
+def test_dead_model_workers_leave_the_page_for_the_next_cycle(dsn: str) -> None:
+    docs = [stamped(docref("a", "p1", GOOD), 1), stamped(docref("b", "p2", GOOD), 2)]
+    h = Harness(dsn, FakeFhir(docs, page_size=2), extractor=DeadWorkers)
+    summary = h.cycle()
+    assert summary.error == "model workers failed: model worker 1 exited (exit code -9)"
+    assert summary.tally.failed == 0  # no note is blamed for the machine
+    assert h.states() == {} and h.watermark() is None and not h.fake.transactions
+    h.extractor = make_extractor  # the next cycle, with working workers
+    summary = h.cycle()
+    assert summary.error is None and summary.tally.processed == 2
+    assert h.states() == {"a": "done", "b": "done"} and h.watermark() == minute(2)
