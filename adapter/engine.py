@@ -159,7 +159,28 @@ def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extracto
         )
     else:
         backend = sentence_backend(settings, pool)
-    return NotePipeline(backend, ext.max_sentence_chars, ext.max_note_chars, ext.status_rules)
+    return NotePipeline(
+        backend,
+        ext.max_sentence_chars,
+        ext.max_note_chars,
+        ext.status_rules,
+        pipeline_options(settings),
+    )
+
+
+def pipeline_options(settings: Settings) -> str:
+    """The extraction switches in force, for provenance ("lexicon-gate+lexicon-floor+...")."""
+    ext = settings.extraction
+    switches = {
+        "lexicon-gate": ext.lexicon_gate,
+        "known-only": ext.known_only,
+        "lexicon-floor": ext.lexicon_floor,
+        "event-floor": ext.event_floor and ext.backend in ("llm", "llm+encoder"),
+        "status-rules": ext.status_rules,
+        "label-calibration": ext.label_calibration,
+        f"te-{ext.te_mode}": ext.backend != "lexicon",
+    }
+    return "+".join(name for name, on in switches.items() if on) or "none"
 
 
 @contextmanager

@@ -242,13 +242,13 @@ class Store:
         self._conn.execute(
             """INSERT INTO extraction_results
                (source, doc_id, version_id, backend, software_version, task_version,
-                base_model, adapter, sentences, truncated, result)
-               VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
+                base_model, adapter, engine_options, sentences, truncated, result)
+               VALUES (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)
                ON CONFLICT (source, doc_id, version_id) DO NOTHING""",
             (
                 self.source, meta.doc_id, meta.version_id, engine.backend,
                 engine.software_version, engine.task_version, engine.base_model,
-                engine.adapter, result.sentences, result.truncated,
+                engine.adapter, engine.options, result.sentences, result.truncated,
                 Jsonb(result_json(result, keep_text)),
             ),
         )  # fmt: skip

@@ -55,6 +55,9 @@ class EngineInfo:
     task_version: str
     base_model: str
     adapter: str
+    # The pipeline switches in force (floors, rules, TE mode): same weights, other switches,
+    # other results. Stamped into provenance, not into idempotency keys.
+    options: str = ""
 
 
 @dataclass(frozen=True)

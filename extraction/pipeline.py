@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from extraction.aggregate import aggregate
@@ -79,15 +79,20 @@ class NotePipeline:
         max_sentence_chars: int = 600,
         max_note_chars: int = 200_000,
         status_rules: bool = False,
+        options: str = "",
     ) -> None:
+        """``options``: the caller's description of the switches in force, reported in
+        :attr:`info` (for provenance)."""
         self.backend = backend
         self.max_sentence_chars = max_sentence_chars
         self.max_note_chars = max_note_chars
         self.status_rules = status_rules
+        self.options = options
 
     @property
     def info(self) -> EngineInfo:
-        return self.backend.info
+        info = self.backend.info
+        return replace(info, options=self.options) if self.options else info
 
     def extract(self, texts: Sequence[str]) -> list[NoteExtraction]:
         """Extract each text; raises ValueError naming the index of an unusable text."""

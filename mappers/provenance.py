@@ -27,6 +27,7 @@ def engine_device(engine: EngineInfo, software: str) -> dict[str, Any]:
         ("task", engine.task_version),
         ("base-model", engine.base_model),
         ("adapter", engine.adapter),
+        ("options", engine.options),
     ]
     return {
         "resourceType": "Device",

@@ -229,7 +229,7 @@ def make_extractor() -> Any:
     from extraction.pipeline import NotePipeline
     from extraction.rules import RulesBackend
 
-    return NotePipeline(RulesBackend(make_lexicon(), EVENT_TERMS))
+    return NotePipeline(RulesBackend(make_lexicon(), EVENT_TERMS), options="rules-test")
 
 
 def patient(pid: str) -> dict[str, Any]:

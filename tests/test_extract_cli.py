@@ -76,3 +76,21 @@ def test_hybrid_without_a_trained_encoder_says_what_to_run(
     argv = ["--config", str(config), "extract", "--backend", backend, "--k", "0", "--text", "x y"]
     assert main(argv) == 1
     assert "dsfhir encoder train" in capsys.readouterr().err
+
+
+def test_the_engine_reports_its_switches_and_the_cli_overrides_them(config: Path) -> None:
+    import argparse
+
+    from adapter.cli_extract import overridden
+    from adapter.config import load_settings
+    from adapter.engine import opened_extractor
+
+    settings = load_settings(config, {})
+    with opened_extractor(settings, None) as extractor:
+        assert extractor.info.options == "lexicon-gate+known-only+lexicon-floor+status-rules"
+    flags = {"backend": "llm", "te_mode": None, "no_gate": True, "lexicon_floor": False,
+             "event_floor": True, "status_rules": False, "calibration": None, "k": None,
+             "adapter": None}  # fmt: skip
+    ext = overridden(argparse.Namespace(**flags), settings).extraction
+    assert (ext.backend, ext.lexicon_gate, ext.lexicon_floor) == ("llm", False, False)
+    assert (ext.event_floor, ext.status_rules) == (True, False)

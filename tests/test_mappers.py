@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -120,8 +121,9 @@ def test_adverse_event_observation_focuses_the_statement() -> None:
 
 
 def test_provenance_names_the_engine_in_a_contained_device() -> None:
+    engine = dataclasses.replace(ENGINE, options="lexicon-floor+status-rules")
     prov = provenance(
-        NOTE, ["urn:uuid:a"], ENGINE, "dsfhir 0.1.0", "2025-03-02T00:00:00Z", (SYSTEM, "pk")
+        NOTE, ["urn:uuid:a"], engine, "dsfhir 0.1.0", "2025-03-02T00:00:00Z", (SYSTEM, "pk")
     )
     body = prov.model_dump(mode="json", exclude_none=True)
     Provenance.model_validate(body)
@@ -135,6 +137,7 @@ def test_provenance_names_the_engine_in_a_contained_device() -> None:
         "task": "tasks-v1",
         "base-model": "SmolLM2-135M-Instruct",
         "adapter": "ramie@abc123",
+        "options": "lexicon-floor+status-rules",
     }
     assert body["entity"] == [
         {"role": "source", "what": {"reference": "DocumentReference/doc1/_history/3"}}

@@ -151,8 +151,11 @@ def test_pages_are_followed_and_everything_lands_in_fhir_and_postgres(env: Env) 
     newest = max(env.server.read("DocumentReference", d["id"])["meta"]["lastUpdated"] for d in docs)
     (watermark,) = env.sql("SELECT watermark FROM sync_state")[0]
     assert watermark == datetime.fromisoformat(newest)
-    stored = env.sql("SELECT result FROM extraction_results WHERE doc_id = 'na'")[0][0]
+    stored, options = env.sql(
+        "SELECT result, engine_options FROM extraction_results WHERE doc_id = 'na'"
+    )[0]
     assert "text" not in stored  # note text is not kept unless configured
+    assert options == "rules-test"  # the switches the engine reported
     assert env.sql("SELECT count(*) FROM document_versions WHERE note_text IS NOT NULL") == [(0,)]
 
 
