@@ -62,6 +62,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ex.set_defaults(handler=_extract)
 
 
+# --[no-]<flag> -> [extraction] key
+_SWITCHES = {
+    "lexicon_floor": "lexicon_floor",
+    "event_floor": "event_floor",
+    "status_rules": "status_rules",
+    "calibration": "label_calibration",
+}
+
+
 def overridden(args: argparse.Namespace, settings: Settings) -> Settings:
     """Settings with the command-line experiment overrides applied (still validated)."""
     ext: dict[str, Any] = {}
@@ -71,14 +80,9 @@ def overridden(args: argparse.Namespace, settings: Settings) -> Settings:
         ext["te_mode"] = args.te_mode
     if args.no_gate:
         ext["lexicon_gate"] = False
-    if args.lexicon_floor is not None:
-        ext["lexicon_floor"] = args.lexicon_floor
-    if args.event_floor is not None:
-        ext["event_floor"] = args.event_floor
-    if args.status_rules is not None:
-        ext["status_rules"] = args.status_rules
-    if args.calibration is not None:
-        ext["label_calibration"] = args.calibration
+    for flag, key in _SWITCHES.items():
+        if getattr(args, flag) is not None:
+            ext[key] = getattr(args, flag)
     update: dict[str, Any] = {"extraction": settings.extraction.model_copy(update=ext)}
     if args.k is not None:
         update["retrieval"] = settings.retrieval.model_copy(update={"k": args.k})

@@ -168,6 +168,12 @@ def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extracto
     )
 
 
+def uses_event_floor(settings: Settings) -> bool:
+    """The event floor is for the LLM's own NER: the backends where the LLM finds entities."""
+    ext = settings.extraction
+    return ext.event_floor and ext.backend in ("llm", "llm+encoder")
+
+
 def pipeline_options(settings: Settings) -> str:
     """The extraction switches in force, for provenance ("lexicon-gate+lexicon-floor+...")."""
     ext = settings.extraction
@@ -175,7 +181,7 @@ def pipeline_options(settings: Settings) -> str:
         "lexicon-gate": ext.lexicon_gate,
         "known-only": ext.known_only,
         "lexicon-floor": ext.lexicon_floor,
-        "event-floor": ext.event_floor and ext.backend in ("llm", "llm+encoder"),
+        "event-floor": uses_event_floor(settings),
         "status-rules": ext.status_rules,
         "label-calibration": ext.label_calibration,
         f"te-{ext.te_mode}": ext.backend != "lexicon",
@@ -253,7 +259,7 @@ def _llm_backend(
         base_model=base_identity(base)["name"],
         adapter=_adapter_name(adapter) + calibration_tag(options),
     )
-    events = EventGazetteer(event_terms(settings)) if settings.extraction.event_floor else None
+    events = EventGazetteer(event_terms(settings)) if uses_event_floor(settings) else None
     return LlmBackend(generator, IndexRetriever(index), lexicon, info, options, events)
 
 

@@ -48,6 +48,13 @@ MODIFIERS: dict[str, list[str]] = {
     "nogate": ["--no-gate"],
     "cal": ["--calibration"],
 }
+# Switches a run name turns off unless it names them.
+PINNED_OFF = {
+    "floor": "--no-lexicon-floor",
+    "events": "--no-event-floor",
+    "status": "--no-status-rules",
+    "cal": "--no-calibration",
+}
 
 
 def extract_args(name: str, per_task: Path) -> list[str]:
@@ -60,14 +67,7 @@ def extract_args(name: str, per_task: Path) -> list[str]:
         raise ValueError(f"unknown run {name!r}")
     args = [a.replace("{per_task}", str(per_task)) for a in FAMILIES[family]] + ["--k", k]
     # Pinned: the configured defaults must not change what a name means.
-    if "floor" not in mods:
-        args.append("--no-lexicon-floor")
-    if "events" not in mods:
-        args.append("--no-event-floor")
-    if "status" not in mods:
-        args.append("--no-status-rules")
-    if "cal" not in mods:
-        args.append("--no-calibration")
+    args += [off for mod, off in PINNED_OFF.items() if mod not in mods]
     return args + [a for m in mods for a in MODIFIERS[m]]
 
 

@@ -20,7 +20,7 @@ from extraction.parsing import find_span, parse_list
 from extraction.pipeline import Labels, SentenceResult
 from extraction.rules import (
     EventGazetteer,
-    product_mentions,
+    lexicon_mentions,
     with_event_floor,
     with_lexicon_floor,
     without_non_products,
@@ -147,8 +147,8 @@ class LlmBackend:
             else:
                 found.append(Entity("", "event", *span, surface))
         if self.opts.lexicon_floor:
-            found = with_lexicon_floor(found, product_mentions(self.lexicon, text))
-            found = without_non_products(found, self.lexicon, text)
+            products, others = lexicon_mentions(self.lexicon, text)
+            found = without_non_products(with_lexicon_floor(found, products), products, others)
         if self.event_floor is not None:
             found = with_event_floor(found, self.event_floor.find(text))
         if not any(e.type == "supplement" for e in found):

@@ -56,30 +56,37 @@ def _is_product(text: str, start: int, end: int) -> bool:
     return not (_NOT_PRODUCT_AFTER.match(text[end:]) or _NOT_PRODUCT_BEFORE.search(text[:start]))
 
 
+def lexicon_mentions(lexicon: Lexicon, text: str) -> tuple[list[Entity], list[Entity]]:
+    """Lexicon hits, split into products taken and names in a non-product context (a
+    level, deficiency, diet or infusion)."""
+    products: list[Entity] = []
+    others: list[Entity] = []
+    for start, end, name in lexicon.find_mentions(text):
+        ent = Entity("", "supplement", start, end, text[start:end], name)
+        (products if _is_product(text, start, end) else others).append(ent)
+    return products, others
+
+
 def product_mentions(lexicon: Lexicon, text: str) -> list[Entity]:
     """Lexicon hits that name a product taken (not a level, deficiency, diet or infusion)."""
-    return [
-        Entity("", "supplement", start, end, text[start:end], name)
-        for start, end, name in lexicon.find_mentions(text)
-        if _is_product(text, start, end)
-    ]
+    return lexicon_mentions(lexicon, text)[0]
 
 
-def without_non_products(found: Sequence[Entity], lexicon: Lexicon, text: str) -> list[Entity]:
+def _overlaps(ent: Entity, spans: Sequence[Entity]) -> bool:
+    return any(s.start < ent.end and ent.start < s.end for s in spans)
+
+
+def without_non_products(
+    found: Sequence[Entity], products: Sequence[Entity], others: Sequence[Entity]
+) -> list[Entity]:
     """A model's entities less the supplements that overlap only lexicon names in a
-    non-product context ("vitamin D level", "copper deficiency", "IV iron", "vitamin K
-    intake"): guidelines §1 exclude those, and a small model tags them anyway."""
-    hits = lexicon.find_mentions(text)
-    products = [(a, b) for a, b, _ in hits if _is_product(text, a, b)]
-    others = [(a, b) for a, b, _ in hits if not _is_product(text, a, b)]
-
-    def overlaps(ent: Entity, spans: list[tuple[int, int]]) -> bool:
-        return any(a < ent.end and ent.start < b for a, b in spans)
-
+    non-product context (``others`` of :func:`lexicon_mentions`: "vitamin D level", "copper
+    deficiency", "IV iron", "vitamin K intake"): guidelines §1 exclude those, and a small
+    model tags them anyway."""
     return [
         e
         for e in found
-        if e.type != "supplement" or overlaps(e, products) or not overlaps(e, others)
+        if e.type != "supplement" or _overlaps(e, products) or not _overlaps(e, others)
     ]
 
 
@@ -130,7 +137,7 @@ def with_event_floor(found: Sequence[Entity], events: Sequence[Entity]) -> list[
         return list(found)
     out = list(found)
     for ev in events:
-        if all(ev.end <= e.start or ev.start >= e.end for e in out):
+        if not _overlaps(ev, out):
             out.append(ev)
     return sorted(out, key=lambda e: e.start)
 
@@ -156,13 +163,7 @@ class RulesBackend:
         supps = self._supplements(text)
         if not supps:
             return Record(f"s{idx}", text)
-        taken = [(e.start, e.end) for e in supps]
-        events = [
-            ev
-            for ev in self._events.find(text)
-            if all(ev.end <= a or ev.start >= b for a, b in taken)
-        ]
-        ents = sorted(supps + events, key=lambda e: e.start)
+        ents = with_event_floor(supps, self._events.find(text))
         ents = [
             Entity(f"T{i}", e.type, e.start, e.end, e.text, e.normalized)
             for i, e in enumerate(ents, start=1)
