@@ -129,7 +129,7 @@ def apply_list_headers(record: Record) -> Record:
 def apply_dose_changes(record: Record) -> Record:
     """``record`` with dose-change ``start`` labels turned to ``continue`` (see module)."""
     status = {u.entity: u.status for u in record.usage}
-    spans = sorted((e.start, e.end) for e in record.supplements)
+    spans = [(e.start, e.end) for e in record.supplements]
     override = {}
     for ent in record.supplements:
         if status.get(ent.id) != "start":
