@@ -57,6 +57,12 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     p.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
+    p.add_argument(
+        "--lora-rank",
+        type=int,
+        help="train LoRA adapters of this rank instead of every weight (0: full tuning)",
+    )
+    p.add_argument("--lora-alpha", type=int)
 
 
 def project_lexicon(settings: Settings) -> Lexicon | None:
@@ -88,6 +94,8 @@ def _config(args: argparse.Namespace, settings: Settings) -> TrainConfig:
         threads=args.threads or settings.single_process_threads(settings.encoder.threads),
         checkpoint_every=given(args.checkpoint_every, d.checkpoint_every),
         max_steps=args.max_steps,
+        lora_rank=given(getattr(args, "lora_rank", None), d.lora_rank),
+        lora_alpha=given(getattr(args, "lora_alpha", None), d.lora_alpha),
     )
 
 

@@ -59,6 +59,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         action=argparse.BooleanOptionalAction,
         help="override extraction.label_calibration",
     )
+    ex.add_argument(
+        "--ensemble-encoder-weight",
+        type=float,
+        help="override extraction.ensemble_encoder_weight (1 = the encoder's labels alone)",
+    )
     ex.set_defaults(handler=_extract)
 
 
@@ -80,6 +85,8 @@ def overridden(args: argparse.Namespace, settings: Settings) -> Settings:
         ext["te_mode"] = args.te_mode
     if args.no_gate:
         ext["lexicon_gate"] = False
+    if args.ensemble_encoder_weight is not None:
+        ext["ensemble_encoder_weight"] = args.ensemble_encoder_weight
     for flag, key in _SWITCHES.items():
         if getattr(args, flag) is not None:
             ext[key] = getattr(args, flag)

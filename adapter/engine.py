@@ -37,6 +37,8 @@ BASE_MODEL_DIRNAME = "smollm2-135m-instruct"
 # Every [extraction] backend value; hybrids are named "<NER backend>+<RE/UC backend>".
 BACKENDS: tuple[str, ...] = get_args(ExtractionConfig.model_fields["backend"].annotation)
 HYBRIDS = tuple(name for name in BACKENDS if "+" in name)
+# Backends that run the LLM (and so may read demonstrations from the retrieval index).
+LLM_BACKENDS = ("llm", "ensemble", *HYBRIDS)
 
 
 def software_version() -> str:
@@ -171,7 +173,7 @@ def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extracto
 def uses_event_floor(settings: Settings) -> bool:
     """The event floor is for the LLM's own NER: the backends where the LLM finds entities."""
     ext = settings.extraction
-    return ext.event_floor and ext.backend in ("llm", "llm+encoder")
+    return ext.event_floor and ext.backend in ("llm", "llm+encoder", "ensemble")
 
 
 def pipeline_options(settings: Settings) -> str:
@@ -185,6 +187,7 @@ def pipeline_options(settings: Settings) -> str:
         "status-rules": ext.status_rules,
         "label-calibration": ext.label_calibration,
         f"te-{ext.te_mode}": ext.backend != "lexicon",
+        f"encoder-weight-{ext.ensemble_encoder_weight:g}": ext.backend == "ensemble",
     }
     return "+".join(name for name, on in switches.items() if on) or "none"
 
@@ -227,6 +230,8 @@ def sentence_backend(settings: Settings, pool: ConnectionPool | None) -> Sentenc
         return _llm_backend(settings, pool, lexicon)
     if name in HYBRIDS:
         return _hybrid_backend(settings, pool, lexicon)
+    if name == "ensemble":
+        return _ensemble_backend(settings, pool, lexicon)
     raise ConfigError(f"[extraction] backend {name!r} is not available in this build")
 
 
@@ -293,7 +298,7 @@ def calibration_tag(options: LlmOptions) -> str:
 
 def uses_retrieval(settings: Settings) -> bool:
     """Whether the configured engine reads demonstrations from the pgvector index."""
-    uses_llm = settings.extraction.backend in ("llm", *HYBRIDS)
+    uses_llm = settings.extraction.backend in LLM_BACKENDS
     return uses_llm and settings.retrieval.enabled and settings.retrieval.k > 0
 
 
@@ -310,6 +315,21 @@ def _hybrid_backend(
     return HybridBackend(llm, encoder, hybrid_info(name, llm.info, encoder.info))
 
 
+def _ensemble_backend(
+    settings: Settings, pool: ConnectionPool | None, lexicon: Lexicon
+) -> SentenceBackend:
+    from extraction.hybrid import FusedClassifier, VotingBackend, ensemble_info
+
+    encoder = encoder_backend(settings, lexicon)  # first: the quicker one to fail
+    llm = _llm_backend(settings, pool, lexicon)
+    rules = RulesBackend(lexicon, event_terms(settings))
+    finders = (llm, encoder, rules)
+    weight = settings.extraction.ensemble_encoder_weight
+    labels = FusedClassifier(llm, encoder, weight)
+    info = ensemble_info([f.info for f in finders], encoder.info)
+    return VotingBackend(finders, labels, info, min_votes=2)
+
+
 def _check_task_adapters(settings: Settings, adapter: Path | None, tasks: Sequence[str]) -> None:
     """Per-task adapters must cover every task this engine will ask the LLM for."""
     if not tasks:
@@ -319,6 +339,7 @@ def _check_task_adapters(settings: Settings, adapter: Path | None, tasks: Sequen
     needed = {
         "llm": {"ner"} | labels,
         "llm+encoder": {"ner"},  # the encoder labels
+        "ensemble": {"ner"},
         "encoder+llm": labels,  # the encoder finds the entities
     }[ext.backend]
     missing = sorted(needed - set(tasks))

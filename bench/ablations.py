@@ -39,6 +39,9 @@ FAMILIES: dict[str, list[str]] = {
     "per-task": ["--backend", "llm", "--adapter", "{per_task}"],
     "hybrid": ["--backend", "encoder+llm"],  # encoder NER, LLM RE/UC
     "reverse-hybrid": ["--backend", "llm+encoder"],  # LLM NER, encoder RE/UC
+    # NER voted by LLM, encoder and rules; RE/UC the mean of the LLM's and the encoder's
+    # label probabilities (modifiers enc-labels / llm-labels: one side alone).
+    "ensemble": ["--backend", "ensemble", "--ensemble-encoder-weight", "0.5"],
 }
 MODIFIERS: dict[str, list[str]] = {
     "te-task": ["--te-mode", "task"],
@@ -47,6 +50,8 @@ MODIFIERS: dict[str, list[str]] = {
     "status": ["--status-rules"],
     "nogate": ["--no-gate"],
     "cal": ["--calibration"],
+    "enc-labels": ["--ensemble-encoder-weight", "1"],
+    "llm-labels": ["--ensemble-encoder-weight", "0"],
 }
 # Switches a run name turns off unless it names them.
 PINNED_OFF = {

@@ -69,7 +69,7 @@ def _headline(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sizes(backend: str, settings: Any) -> dict[str, Any]:
-    from adapter.cli_encoder import base_dir, model_dir
+    from adapter.engine import encoder_base_dir, encoder_model_dir
 
     def mb(paths: list[Path]) -> float:
         return round(sum(p.stat().st_size for p in paths if p.is_file()) / 1e6, 3)
@@ -77,21 +77,26 @@ def _sizes(backend: str, settings: Any) -> dict[str, Any]:
     lexicon = settings.resolve(settings.extraction.lexicon)
     if backend == "lexicon":
         return {"model_mb": mb([lexicon]), "training_seconds": 0}
-    trained = model_dir(settings)
+    trained = encoder_model_dir(settings)
     manifest = json.loads((trained / "manifest.json").read_text())
     return {
         "trained_weights_mb": mb(list(trained.iterdir())),
-        "base_model_mb": mb(list(base_dir(settings).rglob("*"))),
+        "base_model_mb": mb(list(encoder_base_dir(settings).rglob("*"))),
         "training_seconds": manifest.get("training_seconds"),
         "training_steps": manifest.get("steps"),
         "training_threads": manifest.get("config", {}).get("threads"),
     }
 
 
+def _with_backend(settings: Any, backend: str) -> Any:
+    ext = settings.extraction.model_copy(update={"backend": backend})
+    return settings.model_copy(update={"extraction": ext})
+
+
 def measure(backend: str, threads: int) -> dict[str, Any]:
     """One backend, in this process: load, warm up, time dev sentences and notes, score."""
-    from adapter.cli_encoder import sentence_backend
     from adapter.config import load_settings
+    from adapter.engine import sentence_backend
     from extraction.corpus import load_corpus
     from extraction.evaluate import load_predictions, score_sentences
     from extraction.evaluate_notes import score_notes
@@ -99,7 +104,7 @@ def measure(backend: str, threads: int) -> dict[str, Any]:
 
     settings = load_settings(REPO / "config.toml")
     start = time.perf_counter()
-    pipeline = NotePipeline(sentence_backend(settings, backend))
+    pipeline = NotePipeline(sentence_backend(_with_backend(settings, backend), None))
     if backend != "lexicon":  # the rules need no torch: keep it out of their peak RSS
         import torch
 

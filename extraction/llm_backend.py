@@ -8,16 +8,17 @@ task itself (``te_mode``). Retrieval is keyed on the input alone.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from extraction.api import EngineInfo
-from extraction.corpus import Entity, Record, Relation, Usage
+from extraction.corpus import Entity, Record, Relation
 from extraction.generate import Generator
 from extraction.lexicon import Lexicon
 from extraction.parsing import find_span, parse_list
-from extraction.pipeline import Labels, SentenceResult
+from extraction.pipeline import Labels, LabelScores, SentenceResult, labels_from_scores
 from extraction.rules import (
     EventGazetteer,
     lexicon_mentions,
@@ -102,6 +103,17 @@ class LlmBackend:
         ]
 
     def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        results = self.find_entities(sentences)
+        ents = {i: list(r.record.entities) for i, r in enumerate(results) if r.record.entities}
+        usage, rels = self.classify(sentences, ents, results)
+        for i, found in ents.items():
+            results[i].record = Record(
+                f"s{i}", sentences[i], tuple(found), tuple(rels.get(i, ())), tuple(usage.get(i, ()))
+            )
+        return results
+
+    def find_entities(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        """NER only: records with entities and no labels (for the hybrid backends)."""
         results = [SentenceResult(Record(f"s{i}", s)) for i, s in enumerate(sentences)]
         todo = [
             i for i, s in enumerate(sentences)
@@ -109,14 +121,9 @@ class LlmBackend:
         ]  # fmt: skip
         self.gen.loaded.use("ner")
         outputs = self.gen.generate(self._prompts("ner", [sentences[i] for i in todo]))
-        ents: dict[int, list[Entity]] = {}
         for i, out in zip(todo, outputs, strict=True):
-            ents[i] = self._ground_ner(sentences[i], out, results[i])
-        usage, rels = self.classify(sentences, ents, results)
-        for i, found in ents.items():
-            results[i].record = Record(
-                f"s{i}", sentences[i], tuple(found), tuple(rels.get(i, ())), tuple(usage.get(i, ()))
-            )
+            found = self._ground_ner(sentences[i], out, results[i])
+            results[i].record = Record(f"s{i}", sentences[i], tuple(found))
         return results
 
     def _ground_ner(self, text: str, output: str, res: SentenceResult) -> list[Entity]:
@@ -166,45 +173,43 @@ class LlmBackend:
         results: list[SentenceResult],
     ) -> Labels:
         """UC for each supplement and RE (or TE) over entities found by any NER backend."""
-        usage = self._classify_usage(sentences, ents)
-        if self.opts.te_mode == "task":
+        te_task = self.opts.te_mode == "task"
+        usage, rels = labels_from_scores(self.label_scores(sentences, ents, not te_task))
+        if te_task:
             return usage, self._te_task(sentences, ents, results)
-        return usage, self._classify_relations(sentences, ents)
+        return usage, rels
 
-    def _choose(self, task: str, marked: list[str]) -> list[str]:
-        if not marked:
-            return []
-        prompts = [p + ANSWER_PREFIX[task] for p in self._prompts(task, marked)]
-        self.gen.loaded.use(task)
-        offsets = self._offsets.get(task, ())
-        picks = self.gen.choose(prompts, self._option_ids[task], offsets)
-        return [LABELS[task][p] for p in picks]
-
-    def _classify_usage(
-        self, sentences: Sequence[str], ents: Mapping[int, list[Entity]]
-    ) -> dict[int, list[Usage]]:
-        keys = [(i, e) for i, found in ents.items() for e in found if e.type == "supplement"]
-        labels = self._choose("uc", [mark(sentences[i], e) for i, e in keys])
-        out: dict[int, list[Usage]] = {}
-        for (i, e), label in zip(keys, labels, strict=True):
-            out.setdefault(i, []).append(Usage(e.id, label))
-        return out
-
-    def _classify_relations(
-        self, sentences: Sequence[str], ents: Mapping[int, list[Entity]]
-    ) -> dict[int, list[Relation]]:
-        keys = [
+    def label_scores(
+        self, sentences: Sequence[str], ents: Mapping[int, list[Entity]], relations: bool = True
+    ) -> dict[int, LabelScores]:
+        """Label probabilities (softmax over the label tokens' scores, after any calibration
+        offsets) for each supplement's status and each supplement x event pair."""
+        out = {i: LabelScores() for i, found in ents.items() if found}
+        sups = [(i, e) for i, found in ents.items() for e in found if e.type == "supplement"]
+        probs = self._probs("uc", [mark(sentences[i], e) for i, e in sups])
+        for (i, e), p in zip(sups, probs, strict=True):
+            out[i].usage[e.id] = p
+        if not relations:
+            return out
+        pairs = [
             (i, s, e)
             for i, found in ents.items()
             for s in found if s.type == "supplement"
             for e in found if e.type == "event"
         ]  # fmt: skip
-        labels = self._choose("re", [mark(sentences[i], s, e) for i, s, e in keys])
-        out: dict[int, list[Relation]] = {}
-        for (i, s, e), label in zip(keys, labels, strict=True):
-            if label != "not_related":
-                out.setdefault(i, []).append(Relation(s.id, e.id, label))
+        probs = self._probs("re", [mark(sentences[i], s, e) for i, s, e in pairs])
+        for (i, s, e), p in zip(pairs, probs, strict=True):
+            out[i].relations[(s.id, e.id)] = p
         return out
+
+    def _probs(self, task: str, marked: list[str]) -> list[list[float]]:
+        if not marked:
+            return []
+        prompts = [p + ANSWER_PREFIX[task] for p in self._prompts(task, marked)]
+        self.gen.loaded.use(task)
+        offsets = self._offsets.get(task, ()) or (0.0,) * len(LABELS[task])
+        rows = self.gen.option_logits(prompts, self._option_ids[task])
+        return [_softmax([v + o for v, o in zip(row, offsets, strict=True)]) for row in rows]
 
     def _te_task(
         self,
@@ -242,3 +247,10 @@ def _attach(text: str, found: list[Entity], head: str, tail: str) -> tuple[str, 
 
     h, t = pick(head, "supplement"), pick(tail, "event")
     return (h, t) if h and t else None
+
+
+def _softmax(values: Sequence[float]) -> list[float]:
+    top = max(values)
+    exps = [math.exp(v - top) for v in values]
+    total = sum(exps)
+    return [e / total for e in exps]

@@ -15,7 +15,7 @@ from typing import Protocol
 
 from extraction.aggregate import aggregate
 from extraction.api import EngineInfo, NoteExtraction
-from extraction.corpus import Entity, Record, Relation, Usage
+from extraction.corpus import RELATION_TYPES, USAGE_STATUSES, Entity, Record, Relation, Usage
 from extraction.sentences import Sentence, check_text, split_sentences
 from extraction.status_rules import apply_dose_changes, apply_list_headers
 
@@ -33,6 +33,33 @@ class SentenceResult:
 
 # RE/UC labels for a batch of sentences, by sentence index (see extraction.hybrid.Classifier).
 Labels = tuple[dict[int, list[Usage]], dict[int, list[Relation]]]
+
+
+@dataclass
+class LabelScores:
+    """One sentence's label probabilities: per supplement id over USAGE_STATUSES, per
+    (supplement id, event id) over RELATION_TYPES (the order of extraction.corpus)."""
+
+    usage: dict[str, list[float]] = field(default_factory=dict)
+    relations: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+
+
+def labels_from_scores(scores: dict[int, LabelScores]) -> Labels:
+    """The most probable label of each item; ``not_related`` pairs are left out."""
+
+    def best(probs: list[float]) -> int:
+        return max(range(len(probs)), key=probs.__getitem__)
+
+    usage: dict[int, list[Usage]] = {}
+    rels: dict[int, list[Relation]] = {}
+    for i, sc in scores.items():
+        usage[i] = [Usage(sup, USAGE_STATUSES[best(p)]) for sup, p in sc.usage.items()]
+        rels[i] = [
+            Relation(sup, ev, RELATION_TYPES[k])
+            for (sup, ev), p in sc.relations.items()
+            if RELATION_TYPES[k := best(p)] != "not_related"
+        ]
+    return usage, rels
 
 
 class SentenceBackend(Protocol):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 
 from extraction.api import EngineInfo
 from extraction.corpus import Entity, Record, Relation, Usage
@@ -155,6 +156,13 @@ class RulesBackend:
 
     def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
         return [SentenceResult(self._one(i, s)) for i, s in enumerate(sentences)]
+
+    def find_entities(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        """NER only (the cue rules cost next to nothing, so they run and are dropped)."""
+        return [
+            SentenceResult(replace(r.record, relations=(), usage=()))
+            for r in self.predict(sentences)
+        ]
 
     def _supplements(self, text: str) -> list[Entity]:
         return product_mentions(self.lexicon, text)

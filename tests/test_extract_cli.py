@@ -69,7 +69,7 @@ def test_extract_needs_output_with_input(config: Path, tmp_path: Path) -> None:
     assert main(["--config", str(config), "extract", "--input", str(src)]) == 2
 
 
-@pytest.mark.parametrize("backend", ["encoder+llm", "llm+encoder"])
+@pytest.mark.parametrize("backend", ["encoder+llm", "llm+encoder", "ensemble"])
 def test_hybrid_without_a_trained_encoder_says_what_to_run(
     backend: str, config: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -90,7 +90,8 @@ def test_the_engine_reports_its_switches_and_the_cli_overrides_them(config: Path
         assert extractor.info.options == "lexicon-gate+known-only+lexicon-floor+status-rules"
     flags = {"backend": "llm", "te_mode": None, "no_gate": True, "lexicon_floor": False,
              "event_floor": True, "status_rules": False, "calibration": None, "k": None,
-             "adapter": None}  # fmt: skip
+             "adapter": None, "ensemble_encoder_weight": 0.75}  # fmt: skip
     ext = overridden(argparse.Namespace(**flags), settings).extraction
     assert (ext.backend, ext.lexicon_gate, ext.lexicon_floor) == ("llm", False, False)
+    assert ext.ensemble_encoder_weight == 0.75
     assert (ext.event_floor, ext.status_rules) == (True, False)

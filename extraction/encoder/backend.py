@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
@@ -21,21 +21,23 @@ from typing import Any
 import torch
 
 from extraction.api import EngineInfo
-from extraction.corpus import RELATION_TYPES, USAGE_STATUSES, Entity, Record, Relation, Usage
+from extraction.corpus import Entity, Record, Relation, Usage
 from extraction.encoder.data import filler_id, marked_batch, mask_of, pad
 from extraction.encoder.model import (
     MultiTaskEncoder,
+    add_lora,
     base_hash,
     base_name,
     build_model,
     load_base,
     load_weights,
+    merge_lora,
 )
 from extraction.encoder.normalize import LazyEmbedder, Normalizer, merged_lexicon
 from extraction.encoder.tokens import Encoding, Marked, decode, encode, mark
 from extraction.errors import ModelLoadError
 from extraction.lexicon import Lexicon
-from extraction.pipeline import Labels, SentenceResult
+from extraction.pipeline import Labels, LabelScores, SentenceResult, labels_from_scores
 from extraction.rules import product_mentions, with_lexicon_floor
 
 ENCODER_TASK_VERSION = "encoder-1"
@@ -96,12 +98,21 @@ class EncoderBackend:
         return self._info
 
     def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        return self._predict(sentences, self._records)
+
+    def find_entities(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        """NER only: records with entities and no labels (for the hybrid backends)."""
+        return self._predict(sentences, self._entity_records)
+
+    def _predict(
+        self, sentences: Sequence[str], records: Callable[[Sequence[str]], list[Record]]
+    ) -> list[SentenceResult]:
         gate = self.normalizer.lexicon
         todo = [
             i for i, s in enumerate(sentences)
             if not self.options.lexicon_gate or gate.find_mentions(s)
         ]  # fmt: skip
-        found = dict(zip(todo, self._records([sentences[i] for i in todo]), strict=True))
+        found = dict(zip(todo, records([sentences[i] for i in todo]), strict=True))
         return [
             SentenceResult(dataclasses.replace(found[i], id=f"s{i}") if i in found
                            else Record(f"s{i}", text))
@@ -125,17 +136,32 @@ class EncoderBackend:
         results: list[SentenceResult],
     ) -> Labels:
         """UC and RE over entities found by another NER backend (the reverse hybrid)."""
+        return labels_from_scores(self.label_scores(sentences, ents))
+
+    def label_scores(
+        self, sentences: Sequence[str], ents: Mapping[int, list[Entity]]
+    ) -> dict[int, LabelScores]:
+        """Label probabilities over entities found by any NER backend (for label fusion)."""
         idx = [i for i, found in ents.items() if found]
         with self._inference():
             encs = [encode(self.tokenizer, sentences[i], INFER_MAX_LENGTH) for i in idx]
-            usage, relations = self._classify(encs, [ents[i] for i in idx])
-        return dict(zip(idx, usage, strict=True)), dict(zip(idx, relations, strict=True))
+            scores = self._scores(encs, [ents[i] for i in idx])
+        return dict(zip(idx, scores, strict=True))
+
+    def _found(self, sentences: Sequence[str]) -> tuple[list[Encoding], list[list[Entity]]]:
+        encs = [encode(self.tokenizer, s, INFER_MAX_LENGTH) for s in sentences]
+        entities = [self._entities(text, ents) for text, ents in zip(
+            sentences, self._ner(encs), strict=True)]  # fmt: skip
+        return encs, entities
+
+    def _entity_records(self, sentences: Sequence[str]) -> list[Record]:
+        with self._inference():
+            _, entities = self._found(sentences)
+        return [Record("", s, tuple(ents)) for s, ents in zip(sentences, entities, strict=True)]
 
     def _records(self, sentences: Sequence[str]) -> list[Record]:
         with self._inference():
-            encs = [encode(self.tokenizer, s, INFER_MAX_LENGTH) for s in sentences]
-            entities = [self._entities(text, ents) for text, ents in zip(
-                sentences, self._ner(encs), strict=True)]  # fmt: skip
+            encs, entities = self._found(sentences)
             usage, relations = self._classify(encs, entities)
         return [
             Record("", text, tuple(ents), tuple(rels), tuple(uses))
@@ -180,6 +206,12 @@ class EncoderBackend:
     def _classify(
         self, encs: Sequence[Encoding], entities: Sequence[Sequence[Entity]]
     ) -> tuple[list[list[Usage]], list[list[Relation]]]:
+        usage, relations = labels_from_scores(dict(enumerate(self._scores(encs, entities))))
+        return [usage[i] for i in range(len(encs))], [relations[i] for i in range(len(encs))]
+
+    def _scores(
+        self, encs: Sequence[Encoding], entities: Sequence[Sequence[Entity]]
+    ) -> list[LabelScores]:
         jobs: list[tuple[int, Entity, list[Entity], Marked]] = []
         filler = filler_id(self.tokenizer)
         for i, (enc, ents) in enumerate(zip(encs, entities, strict=True)):
@@ -189,28 +221,24 @@ class EncoderBackend:
                 m = mark(enc, (sup.start, sup.end), spans, filler)
                 if m is not None:
                     jobs.append((i, sup, events, m))
-        usage: list[list[Usage]] = [[] for _ in encs]
-        relations: list[list[Relation]] = [[] for _ in encs]
+        out = [LabelScores() for _ in encs]
         pad_id = int(self.tokenizer.pad_token_id)
         for idx in self._batches(len(jobs), [len(j[3].input_ids) for j in jobs]):
             batch = marked_batch([jobs[k][3] for k in idx], pad_id)
             states = self.model.marked_states(batch.input_ids, batch.markers, batch.attention_mask)
-            statuses = self.model.uc_logits(states, batch.sup_heads).argmax(-1).tolist()
+            statuses = self.model.uc_logits(states, batch.sup_heads).softmax(-1).tolist()
             rels = self.model.re_logits(
                 states, batch.pair_rows, batch.pair_sup, batch.pair_ev
-            ).argmax(-1).tolist()  # fmt: skip
+            ).softmax(-1).tolist()  # fmt: skip
             pair = 0
             for row, k in enumerate(idx):
                 sent, sup, events, m = jobs[k]
-                usage[sent].append(Usage(sup.id, USAGE_STATUSES[statuses[row]]))
+                out[sent].usage[sup.id] = statuses[row]
                 for ev, head in zip(events, m.event_heads, strict=True):
-                    if head is None:
-                        continue
-                    label = RELATION_TYPES[rels[pair]]
-                    pair += 1
-                    if label != "not_related":
-                        relations[sent].append(Relation(sup.id, ev.id, label))
-        return usage, relations
+                    if head is not None:
+                        out[sent].relations[(sup.id, ev.id)] = rels[pair]
+                        pair += 1
+        return out
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:
@@ -242,7 +270,12 @@ def load_backend(
         )
     tokenizer, encoder = load_base(base_dir)
     model = build_model(tokenizer, encoder)
+    config = manifest.get("config", {})
+    if config.get("lora_rank"):
+        add_lora(model, int(config["lora_rank"]), int(config["lora_alpha"]))
     load_weights(model, model_dir)
+    if config.get("lora_rank"):
+        merge_lora(model)
     model.eval()
     names = json.loads((model_dir / NAMES_FILE).read_text(encoding="utf-8"))
     embed = LazyEmbedder(base_dir) if nearest else None

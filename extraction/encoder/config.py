@@ -17,3 +17,8 @@ class TrainConfig:
     threads: int = 2
     checkpoint_every: int = 100  # optimiser steps between checkpoints
     max_steps: int | None = None  # stop early (tests, smoke runs)
+    # > 0: train LoRA adapters of this rank on the encoder's linear layers (plus the heads)
+    # instead of every weight; the saved model is then a few MB (fp16) and can ship with
+    # the repo. LoRA weights learn at the heads' rate (10 x learning_rate).
+    lora_rank: int = 0
+    lora_alpha: int = 64

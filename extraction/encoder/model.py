@@ -35,6 +35,11 @@ BASE_FILES = (
 )
 # Existing tokens whose embeddings seed the four marker embeddings.
 MARKER_SEEDS = ("[", "]", "<", ">")
+# LoRA targets: every linear layer of the transformer blocks (not the unused pooler).
+LORA_TARGETS = (
+    r".*layer\.\d+\.(attention\.self\.(query|key|value)|attention\.output\.dense"
+    r"|intermediate\.dense|output\.dense)"
+)
 
 
 def default_base_dir() -> Path:
@@ -142,28 +147,68 @@ def build_model(tokenizer: Any, encoder: Any, dropout: float = 0.1) -> MultiTask
     return model
 
 
+def add_lora(model: MultiTaskEncoder, rank: int, alpha: int) -> None:
+    """LoRA adapters on the encoder's linear layers; every base weight is frozen."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.05, target_modules=LORA_TARGETS)
+    model.encoder = inject_adapter_in_model(config, model.encoder)
+    for name, param in model.encoder.named_parameters():
+        param.requires_grad_("lora_" in name)
+
+
+def merge_lora(model: MultiTaskEncoder) -> None:
+    """Fold the adapters into the base weights: inference then costs what full tuning does."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.encoder.modules():
+        if isinstance(module, LoraLayer):
+            module.merge()
+
+
+def _is_lora(model: MultiTaskEncoder) -> bool:
+    return any("lora_" in k for k in model.state_dict())
+
+
+def _saved(key: str, lora: bool) -> bool:
+    if lora:  # adapters, markers and heads: the base encoder is reloaded as it was
+        return "lora_" in key or not key.startswith("encoder.")
+    return key != FROZEN_KEY
+
+
 def trained_state(model: MultiTaskEncoder) -> dict[str, Tensor]:
-    """Everything but the frozen word embeddings (contiguous copies, ready to save)."""
+    """The weights training changed (contiguous copies, ready to save): all but the frozen
+    word embeddings, or with LoRA only the adapters, markers and heads."""
+    lora = _is_lora(model)
     return {
-        k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if k != FROZEN_KEY
+        k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if _saved(k, lora)
     }
 
 
 def save_weights(model: MultiTaskEncoder, out_dir: Path) -> Path:
+    """LoRA models are saved in fp16 (half the size, so the model can ship in the repo)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / WEIGHTS_FILE
-    save_file(trained_state(model), str(path))
+    state = trained_state(model)
+    if _is_lora(model):
+        state = {k: v.half() for k, v in state.items()}
+    save_file(state, str(path))
     return path
 
 
 def load_weights(model: MultiTaskEncoder, model_dir: Path) -> None:
-    """Load saved weights onto a model built on the same base; fail on any mismatch."""
+    """Load saved weights onto a model built on the same base (with LoRA layers added when
+    it was trained with them); fail on any mismatch."""
     path = model_dir / WEIGHTS_FILE
     if not path.is_file():
         raise ModelLoadError(f"no trained encoder at {model_dir} (run `dsfhir encoder train`)")
-    result = model.load_state_dict(load_file(str(path)), strict=False)
-    if list(result.missing_keys) != [FROZEN_KEY] or result.unexpected_keys:
+    saved = load_file(str(path))
+    lora = _is_lora(model)
+    result = model.load_state_dict(saved, strict=False)
+    expected = {k for k in model.state_dict() if not _saved(k, lora)}
+    if set(result.missing_keys) != expected or result.unexpected_keys:
+        missing = sorted(set(result.missing_keys) ^ expected)
         raise ModelLoadError(
-            f"{path}: weights do not fit the base model (missing {result.missing_keys[:3]}, "
+            f"{path}: weights do not fit the base model (missing {missing[:3]}, "
             f"unexpected {result.unexpected_keys[:3]})"
         )

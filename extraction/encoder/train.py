@@ -47,6 +47,7 @@ from extraction.encoder.data import (
 from extraction.encoder.model import (
     WEIGHTS_FILE,
     MultiTaskEncoder,
+    add_lora,
     base_hash,
     base_name,
     build_model,
@@ -95,8 +96,9 @@ def _optimizer(model: MultiTaskEncoder, cfg: TrainConfig) -> torch.optim.AdamW:
     enc = [p for p in model.encoder.parameters() if p.requires_grad]
     enc_ids = {id(p) for p in enc}
     heads = [p for p in model.parameters() if p.requires_grad and id(p) not in enc_ids]
+    enc_lr = cfg.learning_rate * (10 if cfg.lora_rank else 1)  # LoRA's usual larger rate
     return torch.optim.AdamW(
-        [{"params": enc, "lr": cfg.learning_rate}, {"params": heads, "lr": cfg.learning_rate * 10}],
+        [{"params": enc, "lr": enc_lr}, {"params": heads, "lr": cfg.learning_rate * 10}],
         weight_decay=cfg.weight_decay,
     )
 
@@ -257,6 +259,8 @@ def _prepare(
     torch.manual_seed(cfg.seed)
     tokenizer, encoder = load_base(base_dir)
     model = build_model(tokenizer, encoder)
+    if cfg.lora_rank:
+        add_lora(model, cfg.lora_rank, cfg.lora_alpha)
     ner, marked = examples(tokenizer, train_records, cfg.max_length)
     per_epoch = -(-len(ner) // cfg.batch_size) + -(-len(marked) // cfg.batch_size)
     # The schedule follows the epochs even when ``max_steps`` stops early, so a short run
