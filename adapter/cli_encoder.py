@@ -32,7 +32,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="encoder backend: train, info (extract with: dsfhir extract --backend encoder)",
     )
     enc_sub = enc.add_subparsers(dest="encoder_command", required=True, metavar="ACTION")
-    train = enc_sub.add_parser("train", help="fine-tune the multi-task encoder (CPU, ~15 min)")
+    train = enc_sub.add_parser(
+        "train", help="fine-tune the multi-task encoder (LoRA, CPU, ~35 min)"
+    )
     _train_args(train)
     train.set_defaults(handler=train_encoder)
     info = enc_sub.add_parser("info", help="print the trained model's manifest summary")

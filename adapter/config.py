@@ -118,7 +118,9 @@ class RetrievalConfig(_Section):
 
 
 class ExtractionConfig(_Section):
-    backend: Literal["llm", "encoder", "lexicon", "encoder+llm", "llm+encoder", "ensemble"] = "llm"
+    backend: Literal["llm", "encoder", "lexicon", "encoder+llm", "llm+encoder", "ensemble"] = (
+        "ensemble"
+    )
     te_mode: Literal["pipeline", "task"] = "pipeline"
     lexicon_gate: bool = True
     known_only: bool = True
@@ -126,7 +128,7 @@ class ExtractionConfig(_Section):
     event_floor: bool = True
     status_rules: bool = True
     label_calibration: bool = False
-    ensemble_encoder_weight: float = Field(0.5, ge=0.0, le=1.0)
+    ensemble_encoder_weight: float = Field(1.0, ge=0.0, le=1.0)
     workers: int = Field(2, ge=1, le=64)
     worker_start_timeout_s: float = Field(600.0, gt=0, le=86_400)
     worker_sentence_timeout_s: float = Field(60.0, gt=0, le=86_400)
@@ -138,7 +140,7 @@ class ExtractionConfig(_Section):
 
 class EncoderConfig(_Section):
     base: Path | None = None
-    model_dir: Path | None = None
+    model_dir: Path | None = Path("models/ds-encoder")
     threads: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
 

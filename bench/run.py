@@ -1,11 +1,11 @@
 """``make bench``: speed and memory of each extraction backend on this machine.
 
-Runs every backend named on the command line (default: lexicon, encoder, llm and the
-encoder+llm hybrid) over the dev sentences and the 25 dev notes, and writes
+Runs every backend named on the command line (default: lexicon, encoder, llm, the
+encoder+llm hybrid and the ensemble) over the dev sentences and the 25 dev notes, and writes
 ``bench/results/extraction.json`` with the machine and configuration recorded. Accuracy
 lives in ``dsfhir evaluate`` / docs/results.md; this file is about time and memory. A
-backend that cannot start (e.g. the encoder before ``dsfhir encoder train``) is reported as
-skipped with the reason.
+backend that cannot start (e.g. a missing model directory) is reported as skipped with the
+reason.
 """
 
 from __future__ import annotations
@@ -124,10 +124,11 @@ def _child(backend: str, args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.run")
-    parser.add_argument("--backends", default="lexicon,encoder,llm,encoder+llm")
+    parser.add_argument("--backends", default="lexicon,encoder,llm,encoder+llm,ensemble")
     parser.add_argument("--sentences", type=int, default=120)
     parser.add_argument("--notes", type=int, default=25)
     parser.add_argument("--config", type=Path, default=REPO / "config.toml")
+    parser.add_argument("--out", type=Path, default=RESULTS / "extraction.json")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # child mode: one backend, JSON out
     args = parser.parse_args(argv)
     settings = load_settings(args.config)
@@ -157,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         report["speed_ratio_vs_llm"] = {
             r["backend"]: round(r["notes_per_minute"] / llm["notes_per_minute"], 1) for r in fast
         }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "extraction.json").write_text(json.dumps(report, indent=2) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
     for row in rows:
         print(json.dumps(row))
     return 0

@@ -32,8 +32,10 @@ __all__ = ["ProcessBackend", "WorkerError", "backend_counters", "deal"]
 
 
 def backend_counters(backend: object) -> dict[str, int]:
-    """Token and time counters of the LLM inside a backend (itself or a hybrid's part)."""
+    """Token and time counters of the LLM inside a backend (itself, a hybrid's part or an
+    ensemble's voter)."""
     parts = [backend, getattr(backend, "ner", None), getattr(backend, "classifier", None)]
+    parts += list(getattr(backend, "finders", ()))
     gen = next((g for g in (getattr(b, "gen", None) for b in parts) if g is not None), None)
     if gen is None:
         return {}

@@ -3,8 +3,7 @@
 A tiny in-test training run (16 sentences, 40 steps, one thread: seconds) lowers the loss,
 learns its sentences, saves and reloads identically and resumes exactly; its output is
 accepted by the evaluator, the note pipeline and the FHIR mappers. A regression guard
-scores the fully trained model of this checkout (``dsfhir encoder train``) on a fixed dev
-slice, and is skipped where none has been trained.
+scores the shipped model (``models/ds-encoder``) on a fixed dev slice.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ LEXICON = REPO / "data" / "lexicon" / "supplements.tsv"
 # One thread: on a shared 2-core machine a second spinning thread makes steps ~5x slower.
 TINY = TrainConfig(
     epochs=8, batch_size=8, learning_rate=3e-4, warmup_fraction=0.1, max_length=64,
-    seed=7, threads=1, checkpoint_every=1000,
+    seed=7, threads=1, checkpoint_every=1000, lora_rank=0,
 )  # fmt: skip
 
 
@@ -141,7 +140,14 @@ def test_save_and_reload_give_identical_outputs(
 
 def test_resume_continues_exactly(tmp_path: Path, train_slice: list[Record]) -> None:
     cfg = TrainConfig(
-        epochs=1, batch_size=4, max_length=48, seed=3, threads=1, checkpoint_every=2, max_steps=4
+        epochs=1,
+        batch_size=4,
+        max_length=48,
+        seed=3,
+        threads=1,
+        checkpoint_every=2,
+        max_steps=4,
+        lora_rank=0,
     )
     base, records = default_base_dir(), train_slice[:8]
     part = tmp_path / "part"
@@ -204,26 +210,19 @@ def test_normalisation_falls_back_to_the_nearest_entry() -> None:
     assert Normalizer(lexicon, None).resolve("Omega  Pills") == ("omega pills", False)
 
 
-def trained_dir() -> Path:
-    return REPO / ".dsfhir" / "encoder"
+SHIPPED = REPO / "models" / "ds-encoder"
 
 
-def _trained() -> bool:
-    manifest = trained_dir() / "manifest.json"
-    return manifest.is_file() and bool(json.loads(manifest.read_text()).get("completed"))
-
-
-@pytest.mark.skipif(not _trained(), reason="no trained encoder (run `dsfhir encoder train`)")
 def test_regression_guard_on_a_fixed_dev_slice() -> None:
-    """Floors a little under the trained model's scores on the first 80 dev sentences."""
+    """Floors a little under the shipped model's scores on the first 80 dev sentences."""
     lexicon = Lexicon.load(LEXICON) if LEXICON.is_file() else None
-    backend = load_backend(trained_dir(), default_base_dir(), lexicon, nearest=False)
+    backend = load_backend(SHIPPED, default_base_dir(), lexicon, nearest=False)
     report = scores(backend, load_corpus(CORPUS / "dev.jsonl")[:80])
-    # Measured at training time (seed 13, 3 epochs): NER 0.878, UC 0.833, RE 0.715, TE 0.698.
-    assert report["ner"]["strict"]["f1"] >= 0.84
+    # Measured (LoRA, seed 13, 4 epochs): NER 0.858, UC 0.823, RE 0.765, TE 0.678.
+    assert report["ner"]["strict"]["f1"] >= 0.83
     assert report["uc"]["end_to_end"]["accuracy"] >= 0.79
-    assert report["re"]["end_to_end"]["macro_f1"] >= 0.67
-    assert report["te"]["strict"]["f1"] >= 0.65
+    assert report["re"]["end_to_end"]["macro_f1"] >= 0.72
+    assert report["te"]["strict"]["f1"] >= 0.64
 
 
 def _rules() -> RulesBackend:

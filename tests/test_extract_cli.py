@@ -95,3 +95,22 @@ def test_the_engine_reports_its_switches_and_the_cli_overrides_them(config: Path
     assert (ext.backend, ext.lexicon_gate, ext.lexicon_floor) == ("llm", False, False)
     assert ext.ensemble_encoder_weight == 0.75
     assert (ext.event_floor, ext.status_rules) == (True, False)
+
+
+def test_the_ensembles_switches_name_its_label_weight(config: Path) -> None:
+    from adapter.config import load_settings
+    from adapter.engine import pipeline_options
+
+    settings = load_settings(config, {"DSFHIR_EXTRACTION__BACKEND": "ensemble"})
+    assert pipeline_options(settings) == (
+        "lexicon-gate+known-only+lexicon-floor+event-floor+status-rules+te-pipeline"
+        "+encoder-weight-1"
+    )
+    weighted = load_settings(
+        config,
+        {
+            "DSFHIR_EXTRACTION__BACKEND": "ensemble",
+            "DSFHIR_EXTRACTION__ENSEMBLE_ENCODER_WEIGHT": "0.5",
+        },
+    )
+    assert pipeline_options(weighted).endswith("+encoder-weight-0.5")
