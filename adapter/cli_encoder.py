@@ -1,7 +1,8 @@
 """``dsfhir encoder train|extract|info``: the fine-tuned encoder backend.
 
 ``train`` fine-tunes the configured base encoder ([encoder] base; default all-MiniLM-L6-v2)
-into [encoder] model_dir (default <state_dir>/encoder). ``extract`` runs a backend (the
+into [encoder] model_dir (default models/ds-encoder, the shipped model: pass ``--out`` for
+experiments so it is not overwritten). ``extract`` runs a backend (the
 encoder, or the lexicon rules for the comparison row) over a JSONL of ``{"id", "text"}``
 through the shared note pipeline, writing records that ``dsfhir evaluate`` scores at
 either level. :func:`encoder_backend` is the composition hook for ``adapter.engine``.

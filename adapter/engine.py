@@ -186,7 +186,8 @@ def pipeline_options(settings: Settings) -> str:
         "event-floor": uses_event_floor(settings),
         "status-rules": ext.status_rules,
         "label-calibration": ext.label_calibration,
-        f"te-{ext.te_mode}": ext.backend != "lexicon",
+        # te_mode only matters where the LLM gives the relations by itself.
+        f"te-{ext.te_mode}": ext.backend in ("llm", "encoder+llm"),
         f"encoder-weight-{ext.ensemble_encoder_weight:g}": ext.backend == "ensemble",
     }
     return "+".join(name for name, on in switches.items() if on) or "none"
@@ -339,7 +340,8 @@ def _check_task_adapters(settings: Settings, adapter: Path | None, tasks: Sequen
     needed = {
         "llm": {"ner"} | labels,
         "llm+encoder": {"ner"},  # the encoder labels
-        "ensemble": {"ner"},
+        # The ensemble asks the LLM for labels only when they are weighed in.
+        "ensemble": {"ner"} | ({"uc", "re"} if ext.ensemble_encoder_weight < 1 else set()),
         "encoder+llm": labels,  # the encoder finds the entities
     }[ext.backend]
     missing = sorted(needed - set(tasks))

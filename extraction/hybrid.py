@@ -6,8 +6,10 @@ for entities and asks the LLM only for each supplement's status and each supplem
 relation (label scoring: one forward pass per pair, no decoding); ``llm+encoder`` is the
 reverse. ``ensemble`` keeps the entity spans that at least two of the LLM, the encoder and
 the lexicon rules agree on exactly (their errors differ: the LLM misses events, the encoder
-cuts boundaries differently, the rules only know their dictionaries), then labels them with
-one classifier. All are measured in docs/results.md.
+cuts boundaries differently, the rules only know their dictionaries; they are not
+independent, though: the LLM's floors use the rules' lexicon and event list), then labels
+them with the weighted mean of two scorers' label probabilities (FusedClassifier). All are
+measured in docs/results.md.
 """
 
 from __future__ import annotations

@@ -15,17 +15,16 @@ from functools import cache
 from pathlib import Path
 from typing import Protocol
 
-from extraction.corpus import Entity, Record
+from extraction.corpus import RELATION_TYPES, USAGE_STATUSES, Entity, Record
 from extraction.corpus_stats import re_pairs
 
 TASKS = ("ner", "re", "uc", "te")
 # The versions new adapters are trained with. An adapter keeps the versions it was trained
 # with (its manifest's ``task_version``), so inference renders the prompts it knows.
 PROMPT_VERSIONS: Mapping[str, int] = {"ner": 2, "re": 1, "uc": 1, "te": 1}
-LABELS = {
-    "re": ("indication", "adverse_event", "not_related"),
-    "uc": ("continue", "start", "discontinue", "uncertain"),
-}
+# The label scorers' probabilities follow these orders, which are the corpus's
+# (pipeline.labels_from_scores reads them by RELATION_TYPES / USAGE_STATUSES).
+LABELS = {"re": RELATION_TYPES, "uc": USAGE_STATUSES}
 # Classification answers are scored after this fixed prefix (one forward pass, no decoding).
 ANSWER_PREFIX = {"re": '{"relation":"', "uc": '{"usage":"'}
 PROMPTS_DIR = Path(__file__).resolve().parent / "prompts"

@@ -88,3 +88,23 @@ def test_weights_missing_an_adapter_are_refused(tiny: TrainResult, tmp_path: Pat
     save_file({k: v for k, v in state.items() if k != dropped}, str(broken / "encoder.safetensors"))
     with pytest.raises(ModelLoadError, match="do not fit"):
         load_backend(broken, default_base_dir(), lexicon=None, nearest=False)
+
+
+def test_a_lora_run_resumes_exactly_and_refuses_other_settings(
+    tmp_path: Path, records: list[Record]
+) -> None:
+    import dataclasses
+
+    cfg = dataclasses.replace(
+        TINY, epochs=1, batch_size=4, max_length=48, checkpoint_every=2, max_steps=4
+    )
+    base, few = default_base_dir(), records[:8]
+    part = tmp_path / "part"
+    train(base, few, [], part, dataclasses.replace(cfg, max_steps=2))
+    with pytest.raises(ModelLoadError, match="lora_rank"):
+        train(base, few, [], part, dataclasses.replace(cfg, lora_rank=4), resume=True)
+    resumed = train(base, few, [], part, cfg, resume=True)
+    straight = train(base, few, [], tmp_path / "straight", cfg)
+    assert resumed.state.losses == straight.state.losses and resumed.state.step == 4
+    sa, sb = resumed.model.state_dict(), straight.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)

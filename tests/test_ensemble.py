@@ -188,6 +188,16 @@ def test_real_llm_and_encoder_scores_fuse_into_either_sides_labels(base_dir: Pat
             for probs in [*scores[i].usage.values(), *scores[i].relations.values()]:
                 assert sum(probs) == pytest.approx(1.0, abs=1e-4) and min(probs) >= 0
     results = [SentenceResult(g) for g in gold]
+    # The LLM's labels are still its top-scoring label token (Generator.choose's reading).
+    from extraction.tasks import ANSWER_PREFIX, LABELS, mark
+
+    keys = [(i, s) for i, g in enumerate(gold) for s in g.supplements]
+    marked = [mark(texts[i], s) for i, s in keys]
+    prompts = [p + ANSWER_PREFIX["uc"] for p in llm._prompts("uc", marked)]
+    gen.loaded.use("uc")
+    picks = gen.choose(prompts, llm._option_ids["uc"])
+    usage, _ = llm.classify(texts, ents, results)
+    assert [u.status for i in sorted(usage) for u in usage[i]] == [LABELS["uc"][k] for k in picks]
     assert FusedClassifier(llm, encoder, 0.0).classify(texts, ents, results) == llm.classify(
         texts, ents, results
     )

@@ -103,8 +103,7 @@ def test_the_ensembles_switches_name_its_label_weight(config: Path) -> None:
 
     settings = load_settings(config, {"DSFHIR_EXTRACTION__BACKEND": "ensemble"})
     assert pipeline_options(settings) == (
-        "lexicon-gate+known-only+lexicon-floor+event-floor+status-rules+te-pipeline"
-        "+encoder-weight-1"
+        "lexicon-gate+known-only+lexicon-floor+event-floor+status-rules+encoder-weight-1"
     )
     weighted = load_settings(
         config,

@@ -272,6 +272,8 @@ def load_backend(
     model = build_model(tokenizer, encoder)
     config = manifest.get("config", {})
     if config.get("lora_rank"):
+        if not config.get("lora_alpha"):
+            raise ModelLoadError(f"{model_dir}: the manifest gives lora_rank but no lora_alpha")
         add_lora(model, int(config["lora_rank"]), int(config["lora_alpha"]))
     load_weights(model, model_dir)
     if config.get("lora_rank"):

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import threading
+import zipfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -94,18 +96,34 @@ class Normalizer:
             return self._index
         assert self.embed is not None
         surfaces = sorted({s for e in self.lexicon.entries.values() for s in e.surfaces})
-        if self.cache is not None and self.cache.is_file():
-            with np.load(self.cache, allow_pickle=False) as data:
-                if data["surfaces"].tolist() == surfaces:
-                    self._index = (surfaces, data["vectors"].astype(np.float32))
-                    return self._index
+        cached = self._cached(surfaces)
+        if cached is not None:
+            self._index = (surfaces, cached)
+            return self._index
         self._index = (surfaces, self.embed(surfaces))
         if self.cache is not None:
+            # Worker processes may rebuild it at once: write aside, then rename (atomic).
+            tmp = self.cache.with_name(f".{self.cache.name}.{os.getpid()}.tmp.npz")
             try:
-                np.savez(self.cache, surfaces=np.array(surfaces), vectors=self._index[1])
+                np.savez(tmp, surfaces=np.array(surfaces), vectors=self._index[1])
+                os.replace(tmp, self.cache)
             except OSError as exc:  # a read-only model directory only costs the rebuild
                 log.warning("cannot write the normalisation cache %s: %s", self.cache, exc)
+                tmp.unlink(missing_ok=True)
         return self._index
+
+    def _cached(self, surfaces: list[str]) -> np.ndarray | None:
+        """The cached vectors if the cache holds exactly ``surfaces`` (a damaged cache is
+        rebuilt, not fatal)."""
+        if self.cache is None or not self.cache.is_file():
+            return None
+        try:
+            with np.load(self.cache, allow_pickle=False) as data:
+                if data["surfaces"].tolist() == surfaces:
+                    return np.asarray(data["vectors"], dtype=np.float32)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+            log.warning("ignoring an unreadable normalisation cache %s: %s", self.cache, exc)
+        return None
 
     def _nearest(self, surface: str) -> str | None:
         if self.embed is None:

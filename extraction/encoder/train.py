@@ -56,6 +56,7 @@ from extraction.encoder.model import (
     trained_state,
 )
 from extraction.encoder.normalize import Normalizer, corpus_names, merged_lexicon
+from extraction.errors import ModelLoadError
 from extraction.evaluate import Predictions, score_sentences
 from extraction.lexicon import Lexicon
 
@@ -133,12 +134,17 @@ def batch_loss(model: MultiTaskEncoder, kind: str, items: Sequence[Any], pad_id:
     return loss
 
 
+# Settings a checkpoint cannot be resumed under if they changed (shapes, schedule, data).
+RESUME_KEYS = ("lora_rank", "lora_alpha", "epochs", "batch_size", "max_length", "seed")
+
+
 def _save_checkpoint(
-    path: Path, model: MultiTaskEncoder, opt: Any, sched: Any, st: TrainState
+    path: Path, model: MultiTaskEncoder, opt: Any, sched: Any, st: TrainState, cfg: TrainConfig
 ) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(
         {
+            "config": {k: getattr(cfg, k) for k in RESUME_KEYS},
             "model": trained_state(model),
             "optimizer": opt.state_dict(),
             "scheduler": sched.state_dict(),
@@ -150,8 +156,20 @@ def _save_checkpoint(
     tmp.replace(path)  # atomic: a crash mid-write never leaves a torn checkpoint
 
 
-def _load_checkpoint(path: Path, model: MultiTaskEncoder, opt: Any, sched: Any) -> TrainState:
+def _load_checkpoint(
+    path: Path, model: MultiTaskEncoder, opt: Any, sched: Any, cfg: TrainConfig
+) -> TrainState:
     data = torch.load(path, weights_only=True)
+    saved = data.get("config", {})
+    changed = [k for k in RESUME_KEYS if k in saved and saved[k] != getattr(cfg, k)]
+    if changed or not saved:  # no config: a checkpoint from before LoRA training existed
+        what = ", ".join(changed) or "older format"
+        raise ModelLoadError(
+            f"{path} was written with other training settings ({what}): rerun with the same "
+            "settings, or delete it to start over"
+        )
+    if set(data["model"]) != set(trained_state(model)):
+        raise ModelLoadError(f"{path}: the checkpoint does not fit this model")
     model.load_state_dict(data["model"], strict=False)
     opt.load_state_dict(data["optimizer"])
     sched.load_state_dict(data["scheduler"])
@@ -212,7 +230,7 @@ class _Run:
 
     def checkpoint(self, st: TrainState) -> None:
         snapshot = dataclasses.replace(st, elapsed_s=self.elapsed())
-        _save_checkpoint(self.ckpt, self.model, self.opt, self.sched, snapshot)
+        _save_checkpoint(self.ckpt, self.model, self.opt, self.sched, snapshot, self.cfg)
 
 
 def _step(run: _Run, kind: str, idx: list[int], st: TrainState) -> None:
@@ -274,7 +292,7 @@ def _prepare(
     ckpt = out_dir / CHECKPOINT
     st = TrainState()
     if resume and ckpt.is_file():
-        st = _load_checkpoint(ckpt, model, opt, sched)
+        st = _load_checkpoint(ckpt, model, opt, sched, cfg)
         progress(f"resuming from {ckpt} at epoch {st.epoch + 1}, step {st.step}")
     run = _Run(model, tokenizer, cfg, ner, marked, opt, sched, total, ckpt, progress, st.elapsed_s)
     run.start_step = st.step
