@@ -141,6 +141,7 @@ class ExtractionConfig(_Section):
 class EncoderConfig(_Section):
     base: Path | None = None
     model_dir: Path | None = Path("models/ds-encoder")
+    label_model_dirs: tuple[Path, ...] = (Path("models/ds-encoder-s14"),)
     threads: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
 
@@ -239,6 +240,8 @@ def _path_fields(data: dict[str, Any]) -> dict[str, Any]:
             ann = str(fields[key].annotation) if key in fields else ""
             if "Path" in ann and isinstance(value, str):
                 values[key] = Path(value) if value else None
+            elif "Path" in ann and isinstance(value, list):
+                values[key] = tuple(Path(v) for v in value)
             elif "SecretStr" in ann and isinstance(value, str):
                 values[key] = SecretStr(value)
             elif "tuple" in ann and isinstance(value, list):
@@ -286,7 +289,7 @@ def masked_dump(settings: Settings) -> dict[str, Any]:
             elif isinstance(value, Path):
                 value = str(settings.resolve(value))
             elif isinstance(value, tuple):
-                value = list(value)
+                value = [str(settings.resolve(v)) if isinstance(v, Path) else v for v in value]
             values[key] = "" if value is None else value
         out[name] = values
     return out

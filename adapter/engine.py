@@ -319,15 +319,20 @@ def _hybrid_backend(
 def _ensemble_backend(
     settings: Settings, pool: ConnectionPool | None, lexicon: Lexicon
 ) -> SentenceBackend:
-    from extraction.hybrid import FusedClassifier, VotingBackend, ensemble_info
+    from extraction.encoder.backend import load_backend
+    from extraction.hybrid import FusedClassifier, MeanScorer, VotingBackend, ensemble_info
 
     encoder = encoder_backend(settings, lexicon)  # first: the quicker one to fail
+    seeds = [  # label-only encoders: no nearest-entry normalisation needed
+        load_backend(settings.resolve(d), encoder_base_dir(settings), lexicon, nearest=False)
+        for d in settings.encoder.label_model_dirs
+    ]
     llm = _llm_backend(settings, pool, lexicon)
     rules = RulesBackend(lexicon, event_terms(settings))
     finders = (llm, encoder, rules)
     weight = settings.extraction.ensemble_encoder_weight
-    labels = FusedClassifier(llm, encoder, weight)
-    info = ensemble_info([f.info for f in finders], encoder.info)
+    labels = FusedClassifier(llm, MeanScorer([encoder, *seeds]), weight)
+    info = ensemble_info([f.info for f in finders], encoder.info, [s.info for s in seeds])
     return VotingBackend(finders, labels, info, min_votes=2)
 
 

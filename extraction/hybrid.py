@@ -72,6 +72,28 @@ def fuse(
     }
 
 
+class MeanScorer:
+    """A LabelScorer averaging several scorers' probabilities with equal weights (a seed
+    ensemble: the same model trained with other seeds errs on other items)."""
+
+    def __init__(self, scorers: Sequence[LabelScorer]) -> None:
+        if not scorers:
+            raise ValueError("MeanScorer needs at least one scorer")
+        self.scorers = list(scorers)
+
+    @property
+    def info(self) -> EngineInfo:
+        return self.scorers[0].info
+
+    def label_scores(
+        self, sentences: Sequence[str], ents: Mapping[int, list[Entity]]
+    ) -> dict[int, LabelScores]:
+        mean = self.scorers[0].label_scores(sentences, ents)
+        for n, scorer in enumerate(self.scorers[1:], start=2):
+            mean = fuse(mean, scorer.label_scores(sentences, ents), 1 / n)  # running mean
+        return mean
+
+
 class FusedClassifier:
     """A Classifier that averages two scorers' label probabilities (``weight`` on the
     second): the LLM and the encoder err on different pairs."""
@@ -199,9 +221,11 @@ def hybrid_info(name: str, ner: EngineInfo, classifier: EngineInfo) -> EngineInf
     )
 
 
-def ensemble_info(finders: Sequence[EngineInfo], classifier: EngineInfo) -> EngineInfo:
-    """Provenance naming every voter, then the classifier."""
-    voters = [*finders, classifier]
+def ensemble_info(
+    finders: Sequence[EngineInfo], classifier: EngineInfo, extra: Sequence[EngineInfo] = ()
+) -> EngineInfo:
+    """Provenance naming every voter, then the classifier and any extra label scorers."""
+    voters = [*finders, classifier, *extra]
     return EngineInfo(
         backend="ensemble",
         software_version=voters[0].software_version,

@@ -110,3 +110,11 @@ def test_settings_are_frozen() -> None:
     with pytest.raises(ValueError, match="frozen"):
         settings.retrieval.k = 7  # type: ignore[misc]
     assert isinstance(settings, Settings)
+
+
+def test_path_lists_load_from_toml_and_env(tmp_path: Path) -> None:
+    cfg = write(tmp_path, '[encoder]\nlabel_model_dirs = ["a", "b/c"]\n')
+    settings = load_settings(cfg, environ={})
+    assert settings.encoder.label_model_dirs == (Path("a"), Path("b/c"))
+    none = load_settings(cfg, environ={"DSFHIR_ENCODER__LABEL_MODEL_DIRS": "[]"})
+    assert none.encoder.label_model_dirs == ()

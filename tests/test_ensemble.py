@@ -13,7 +13,14 @@ import pytest
 
 from extraction.api import EngineInfo
 from extraction.corpus import Entity, Record, Relation, Usage, load_corpus, parse_record
-from extraction.hybrid import FusedClassifier, VotingBackend, ensemble_info, fuse, vote
+from extraction.hybrid import (
+    FusedClassifier,
+    MeanScorer,
+    VotingBackend,
+    ensemble_info,
+    fuse,
+    vote,
+)
 from extraction.lexicon import Lexicon
 from extraction.pipeline import LabelScores, SentenceResult, labels_from_scores
 from extraction.rules import RulesBackend
@@ -104,6 +111,17 @@ class FixedScorer:
                 {(s.id, e.id): onehot(3, self.relation) for s in sups for e in events},
             )
         return out
+
+
+def test_mean_scorer_weighs_every_scorer_equally() -> None:
+    ents = {0: [sup(0, 4, eid="T1"), ev(9, 12, eid="T2")]}
+    mean = MeanScorer([FixedScorer(0, 0), FixedScorer(1, 1), FixedScorer(1, 2)])
+    (scores,) = mean.label_scores(["x"], ents).values()
+    assert scores.usage["T1"] == pytest.approx([1 / 3, 2 / 3, 0, 0])
+    assert scores.relations[("T1", "T2")] == pytest.approx([1 / 3, 1 / 3, 1 / 3])
+    assert mean.info.backend == "fixed"
+    with pytest.raises(ValueError, match="at least one"):
+        MeanScorer([])
 
 
 def rules_labels() -> FusedClassifier:
