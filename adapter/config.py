@@ -141,7 +141,10 @@ class ExtractionConfig(_Section):
 class EncoderConfig(_Section):
     base: Path | None = None
     model_dir: Path | None = Path("models/ds-encoder")
-    label_model_dirs: tuple[Path, ...] = (Path("models/ds-encoder-s14"),)
+    label_model_dirs: tuple[Path, ...] = (
+        Path("models/ds-encoder-s14"),
+        Path("models/ds-encoder-s15"),
+    )
     threads: int = Field(1, ge=1)
     batch_size: int = Field(32, ge=1)
 
