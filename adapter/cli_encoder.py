@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 from typing import TypeVar
 
@@ -60,6 +61,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
     p.add_argument("--max-steps", type=int, help="stop after this many steps (smoke runs)")
     p.add_argument("--resume", action="store_true", help="continue from out/checkpoint.pt")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="without --out, replace the configured (shipped) model if it is complete",
+    )
     p.add_argument(
         "--lora-rank",
         type=int,
@@ -110,6 +116,9 @@ def train_encoder(args: argparse.Namespace, settings: Settings) -> int:
     cfg = _config(args, settings)
     base = encoder_base_dir(settings)
     out = args.out or encoder_model_dir(settings)
+    if args.out is None and not args.overwrite and not args.resume and _complete(out):
+        print(refuse_overwrite(out), file=sys.stderr)
+        return 1
     dev = load_corpus(args.dev or DEFAULT_DEV)
     result = train(
         base, load_corpus(args.train), dev, out, cfg,
@@ -133,3 +142,16 @@ def _info(args: argparse.Namespace, settings: Settings) -> int:
     summary["dev"] = manifest.get("dev", [])[-1:] or None
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def _complete(model_dir: Path) -> bool:
+    manifest = model_dir / "manifest.json"
+    return manifest.is_file() and bool(json.loads(manifest.read_text()).get("completed"))
+
+
+def refuse_overwrite(path: Path) -> str:
+    """Why a training run will not replace the configured model without being asked."""
+    return (
+        f"{path} already holds a trained model (the shipped one, unless configured "
+        "otherwise): pass --out DIR to train elsewhere, or --overwrite to replace it"
+    )

@@ -6,6 +6,7 @@ import argparse
 import hashlib
 import json
 import logging
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -15,7 +16,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from adapter import migrate
-from adapter.cli_encoder import DEFAULT_DEV, given, train_encoder
+from adapter.cli_encoder import DEFAULT_DEV, given, refuse_overwrite, train_encoder
 from adapter.config import Settings
 from adapter.db import connect, database_dsn, open_pool
 from adapter.engine import base_model_dir, load_lexicon, open_index
@@ -73,6 +74,11 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--train", type=Path, default=DEFAULT_TRAIN, help="training corpus")
     p.add_argument("--out", type=Path, help="output dir (default: model.adapter / encoder dir)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="without --out, replace the configured (shipped) model if it is complete",
+    )
     p.add_argument("--tasks", default=",".join(d.tasks), help="comma list; one adapter")
     p.add_argument("--per-task", action="store_true", help="one adapter per task (out/<task>)")
     p.add_argument("--rank", type=int, default=d.rank)
@@ -192,6 +198,9 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     )
     if out_root is None:
         print("no output directory: pass --out or set model.adapter")
+        return 1
+    if args.out is None and not args.overwrite and (out_root / "manifest.json").is_file():
+        print(refuse_overwrite(out_root), file=sys.stderr)
         return 1
     all_tasks = args.tasks.split(",")
     groups = [[t] for t in all_tasks] if args.per_task else [all_tasks]

@@ -113,3 +113,27 @@ def test_the_ensembles_switches_name_its_label_weight(config: Path) -> None:
         },
     )
     assert pipeline_options(weighted).endswith("+encoder-weight-0.5")
+
+
+@pytest.mark.parametrize(
+    ("argv", "manifest"),
+    [
+        (["train"], '{"adapter_sha256": "x"}'),  # the LLM adapter in model.adapter
+        (["train", "--backend", "encoder"], '{"completed": true}'),  # the encoder dir
+        (["encoder", "train"], '{"completed": true}'),
+    ],
+)
+def test_training_does_not_replace_the_configured_model_unasked(
+    argv: list[str], manifest: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "shipped"
+    model.mkdir()
+    (model / "manifest.json").write_text(manifest)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(
+        f'[paths]\nstate_dir = "{tmp_path / "state"}"\n[model]\nadapter = "{model}"\n'
+        f'[encoder]\nmodel_dir = "{model}"\nlabel_model_dirs = []\n'
+    )
+    assert main(["--config", str(cfg), *argv]) == 1
+    assert "--out DIR" in capsys.readouterr().err
+    assert [p.name for p in model.iterdir()] == ["manifest.json"]  # untouched
