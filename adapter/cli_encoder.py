@@ -145,8 +145,9 @@ def _info(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _complete(model_dir: Path) -> bool:
-    manifest = model_dir / "manifest.json"
-    return manifest.is_file() and bool(json.loads(manifest.read_text()).get("completed"))
+    from extraction.encoder.backend import MANIFEST, read_manifest
+
+    return (model_dir / MANIFEST).is_file() and bool(read_manifest(model_dir).get("completed"))
 
 
 def refuse_overwrite(path: Path) -> str:

@@ -24,7 +24,7 @@ from extraction.corpus import load_corpus
 from extraction.encoder.config import TrainConfig
 from extraction.errors import ModelLoadError
 from extraction.lexicon import Lexicon
-from extraction.llm import base_identity, file_sha256, prepare_base
+from extraction.llm import base_identity, file_sha256, prepare_base, read_manifest
 from extraction.retrieval import Example
 from extraction.tasks import (
     PROMPT_VERSIONS,
@@ -199,7 +199,7 @@ def _train(args: argparse.Namespace, settings: Settings) -> int:
     if out_root is None:
         print("no output directory: pass --out or set model.adapter")
         return 1
-    if args.out is None and not args.overwrite and (out_root / "manifest.json").is_file():
+    if args.out is None and not args.overwrite and read_manifest(out_root) is not None:
         print(refuse_overwrite(out_root), file=sys.stderr)
         return 1
     all_tasks = args.tasks.split(",")

@@ -184,6 +184,11 @@ class Settings(_Section):
     def state_dir(self) -> Path:
         return self.resolve(self.paths.state_dir)
 
+    def with_values(self, section: str, **values: Any) -> Settings:
+        """A copy with keys of one section replaced (benchmarks, the demo's fallback)."""
+        part = getattr(self, section).model_copy(update=values)
+        return self.model_copy(update={section: part})
+
     def single_process_threads(self, per_worker: int) -> int:
         """Torch threads for a job that runs in one process (training, calibration): the
         cores inference is configured to use, ``per_worker`` threads x ``extraction.workers``,

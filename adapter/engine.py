@@ -124,8 +124,14 @@ def encoder_model_dir(settings: Settings) -> Path:
     return settings.resolve(configured) if configured else settings.state_dir / "encoder"
 
 
-def encoder_backend(settings: Settings, lexicon: Lexicon | None) -> EncoderBackend:
-    """The trained encoder backend as configured (threads, batch size, directories)."""
+def encoder_backend(
+    settings: Settings,
+    lexicon: Lexicon | None,
+    model_dir: Path | None = None,
+    nearest: bool = True,
+) -> EncoderBackend:
+    """The trained encoder backend as configured (threads, batch size, directories);
+    ``model_dir`` another trained encoder with the same options (the ensemble's seeds)."""
     import torch
 
     from extraction.encoder.backend import EncoderOptions, load_backend
@@ -138,7 +144,8 @@ def encoder_backend(settings: Settings, lexicon: Lexicon | None) -> EncoderBacke
         lexicon_gate=settings.extraction.lexicon_gate,
         lexicon_floor=settings.extraction.lexicon_floor,
     )
-    return load_backend(encoder_model_dir(settings), encoder_base_dir(settings), lexicon, options)
+    model_dir = model_dir or encoder_model_dir(settings)
+    return load_backend(model_dir, encoder_base_dir(settings), lexicon, options, nearest)
 
 
 def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extractor:
@@ -319,12 +326,11 @@ def _hybrid_backend(
 def _ensemble_backend(
     settings: Settings, pool: ConnectionPool | None, lexicon: Lexicon
 ) -> SentenceBackend:
-    from extraction.encoder.backend import load_backend
     from extraction.hybrid import FusedClassifier, MeanScorer, VotingBackend, ensemble_info
 
     encoder = encoder_backend(settings, lexicon)  # first: the quicker one to fail
     seeds = [  # label-only encoders: no nearest-entry normalisation needed
-        load_backend(settings.resolve(d), encoder_base_dir(settings), lexicon, nearest=False)
+        encoder_backend(settings, lexicon, settings.resolve(d), nearest=False)
         for d in settings.encoder.label_model_dirs
     ]
     llm = _llm_backend(settings, pool, lexicon)

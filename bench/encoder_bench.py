@@ -88,11 +88,6 @@ def _sizes(backend: str, settings: Any) -> dict[str, Any]:
     }
 
 
-def _with_backend(settings: Any, backend: str) -> Any:
-    ext = settings.extraction.model_copy(update={"backend": backend})
-    return settings.model_copy(update={"extraction": ext})
-
-
 def measure(backend: str, threads: int) -> dict[str, Any]:
     """One backend, in this process: load, warm up, time dev sentences and notes, score."""
     from adapter.config import load_settings
@@ -104,7 +99,9 @@ def measure(backend: str, threads: int) -> dict[str, Any]:
 
     settings = load_settings(REPO / "config.toml")
     start = time.perf_counter()
-    pipeline = NotePipeline(sentence_backend(_with_backend(settings, backend), None))
+    pipeline = NotePipeline(
+        sentence_backend(settings.with_values("extraction", backend=backend), None)
+    )
     if backend != "lexicon":  # the rules need no torch: keep it out of their peak RSS
         import torch
 

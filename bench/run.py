@@ -67,9 +67,7 @@ def _workers_peak_rss_mb(extractor: Extractor) -> float:
 def bench_backend(
     settings: Settings, backend: str, n_sentences: int, n_notes: int
 ) -> dict[str, Any]:
-    cfg = settings.model_copy(
-        update={"extraction": settings.extraction.model_copy(update={"backend": backend})}
-    )
+    cfg = settings.with_values("extraction", backend=backend)
     started = time.perf_counter()
     with engine(cfg) as extractor:
         load_s = time.perf_counter() - started

@@ -199,7 +199,7 @@ def amend(client: FhirClient, manifest: dict[str, Any]) -> int:
 def engine(settings: Settings, rt_pool: Any, backend: str | None) -> tuple[Settings, Extractor]:
     """The configured engine, checked on one sentence; the rules engine if it is not ready."""
     if backend:
-        settings = _with(settings, "extraction", backend=backend)
+        settings = settings.with_values("extraction", backend=backend)
     extractor = None
     try:
         extractor = build_extractor(settings, rt_pool)
@@ -214,13 +214,8 @@ def engine(settings: Settings, rt_pool: Any, backend: str | None) -> tuple[Setti
             raise
         say(f"note: the {settings.extraction.backend!r} engine is not ready here ({exc});")
         say("      this demo runs with the lexicon rules engine instead.\n")
-        settings = _with(settings, "extraction", backend="lexicon")
+        settings = settings.with_values("extraction", backend="lexicon")
         return settings, build_extractor(settings, rt_pool)
-
-
-def _with(settings: Settings, section: str, **values: Any) -> Settings:
-    part = getattr(settings, section).model_copy(update=values)
-    return settings.model_copy(update={section: part})
 
 
 def written_back(client: FhirClient, system: str) -> tuple[dict[str, dict[str, int]], Any]:
@@ -248,7 +243,7 @@ def run(settings: Settings, backend: str | None) -> None:
     manifest = json.loads((EXAMPLES / "demo_patients.json").read_text(encoding="utf-8"))
     with fhir_server(settings.state_dir / "demo-fhir") as base_url:
         # freshly seeded notes are seconds old: no safety lag in the demo
-        settings = _with(settings, "fhir", base_url=base_url, safety_lag_s=0)
+        settings = settings.with_values("fhir", base_url=base_url, safety_lag_s=0)
         with database_dsn(settings.database, settings.state_dir) as dsn:
             with connect(dsn) as conn:
                 migrate.apply_pending(conn, migrate.default_migrations_dir())

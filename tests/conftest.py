@@ -1,5 +1,5 @@
 """Shared fixtures: one real embedded Postgres (pgvector) and one prepared copy of the real
-small LLM per test session."""
+small LLM per test session; torch on one thread and a training slice for the encoder tests."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from adapter.db import embedded_postgres
+from extraction.corpus import Record, load_corpus
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -44,3 +45,21 @@ def base_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from extraction.llm import prepare_base
 
     return prepare_base(tmp_path_factory.mktemp("models") / "smollm2")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one thread for a module (a second spinning thread makes training steps ~5x
+    slower on the shared 2-core machine; the setting is process-wide: restored after)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def supplement_train_slice() -> list[Record]:
+    """The first 16 training sentences that name a supplement (the tiny training runs')."""
+    return [r for r in load_corpus(REPO / "data/corpus/train.jsonl") if r.supplements][:16]

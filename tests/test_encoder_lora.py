@@ -5,14 +5,13 @@ MiniLM: a tiny run learns, saves only the adapters and heads (a few MB, fp16), a
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from extraction.corpus import Record, load_corpus
+from extraction.corpus import Record
 from extraction.encoder.backend import load_backend
 from extraction.encoder.config import TrainConfig
 from extraction.encoder.model import default_base_dir
@@ -27,17 +26,12 @@ TINY = TrainConfig(
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def records() -> list[Record]:
-    return [r for r in load_corpus(CORPUS / "train.jsonl") if r.supplements][:16]
+def records(supplement_train_slice: list[Record]) -> list[Record]:
+    return supplement_train_slice
 
 
 @pytest.fixture(scope="module")

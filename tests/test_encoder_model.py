@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,25 +33,18 @@ from tests.conftest import REPO
 
 CORPUS = REPO / "data" / "corpus"
 LEXICON = REPO / "data" / "lexicon" / "supplements.tsv"
-# One thread: on a shared 2-core machine a second spinning thread makes steps ~5x slower.
 TINY = TrainConfig(
     epochs=8, batch_size=8, learning_rate=3e-4, warmup_fraction=0.1, max_length=64,
     seed=7, threads=1, checkpoint_every=1000, lora_rank=0,
 )  # fmt: skip
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """Inference on one thread too (torch's setting is process-wide: restored after)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # inference on one thread too
 
 
 @pytest.fixture(scope="module")
-def train_slice() -> list[Record]:
-    return [r for r in load_corpus(CORPUS / "train.jsonl") if r.supplements][:16]
+def train_slice(supplement_train_slice: list[Record]) -> list[Record]:
+    return supplement_train_slice
 
 
 @pytest.fixture(scope="module")

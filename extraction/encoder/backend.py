@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from extraction.api import EngineInfo
-from extraction.corpus import Entity, Record, Relation, Usage
+from extraction.corpus import Entity, Record
 from extraction.encoder.data import filler_id, marked_batch, mask_of, pad
 from extraction.encoder.model import (
     MultiTaskEncoder,
@@ -162,10 +162,10 @@ class EncoderBackend:
     def _records(self, sentences: Sequence[str]) -> list[Record]:
         with self._inference():
             encs, entities = self._found(sentences)
-            usage, relations = self._classify(encs, entities)
+            usage, relations = labels_from_scores(dict(enumerate(self._scores(encs, entities))))
         return [
-            Record("", text, tuple(ents), tuple(rels), tuple(uses))
-            for text, ents, uses, rels in zip(sentences, entities, usage, relations, strict=True)
+            Record("", text, tuple(ents), tuple(relations[i]), tuple(usage[i]))
+            for i, (text, ents) in enumerate(zip(sentences, entities, strict=True))
         ]
 
     def _batches(self, n: int, lengths: Sequence[int]) -> list[list[int]]:
@@ -202,12 +202,6 @@ class EncoderBackend:
             Entity(f"T{n}", e.type, e.start, e.end, e.text, e.normalized)
             for n, e in enumerate(found, start=1)
         ]
-
-    def _classify(
-        self, encs: Sequence[Encoding], entities: Sequence[Sequence[Entity]]
-    ) -> tuple[list[list[Usage]], list[list[Relation]]]:
-        usage, relations = labels_from_scores(dict(enumerate(self._scores(encs, entities))))
-        return [usage[i] for i in range(len(encs))], [relations[i] for i in range(len(encs))]
 
     def _scores(
         self, encs: Sequence[Encoding], entities: Sequence[Sequence[Entity]]

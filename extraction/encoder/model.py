@@ -176,13 +176,17 @@ def _saved(key: str, lora: bool) -> bool:
     return key != FROZEN_KEY
 
 
-def trained_state(model: MultiTaskEncoder) -> dict[str, Tensor]:
-    """The weights training changed (contiguous copies, ready to save): all but the frozen
-    word embeddings, or with LoRA only the adapters, markers and heads."""
+def trained_keys(model: MultiTaskEncoder) -> set[str]:
+    """Names of the weights training changes: all but the frozen word embeddings, or with
+    LoRA only the adapters, markers and heads."""
     lora = _is_lora(model)
-    return {
-        k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if _saved(k, lora)
-    }
+    return {k for k in model.state_dict() if _saved(k, lora)}
+
+
+def trained_state(model: MultiTaskEncoder) -> dict[str, Tensor]:
+    """The weights training changed (contiguous copies, ready to save)."""
+    keys = trained_keys(model)
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if k in keys}
 
 
 def save_weights(model: MultiTaskEncoder, out_dir: Path) -> Path:
@@ -202,10 +206,8 @@ def load_weights(model: MultiTaskEncoder, model_dir: Path) -> None:
     path = model_dir / WEIGHTS_FILE
     if not path.is_file():
         raise ModelLoadError(f"no trained encoder at {model_dir} (run `dsfhir encoder train`)")
-    saved = load_file(str(path))
-    lora = _is_lora(model)
-    result = model.load_state_dict(saved, strict=False)
-    expected = {k for k in model.state_dict() if not _saved(k, lora)}
+    result = model.load_state_dict(load_file(str(path)), strict=False)
+    expected = set(model.state_dict()) - trained_keys(model)
     if set(result.missing_keys) != expected or result.unexpected_keys:
         missing = sorted(set(result.missing_keys) ^ expected)
         raise ModelLoadError(

@@ -53,6 +53,7 @@ from extraction.encoder.model import (
     build_model,
     load_base,
     save_weights,
+    trained_keys,
     trained_state,
 )
 from extraction.encoder.normalize import Normalizer, corpus_names, merged_lexicon
@@ -168,7 +169,7 @@ def _load_checkpoint(
             f"{path} was written with other training settings ({what}): rerun with the same "
             "settings, or delete it to start over"
         )
-    if set(data["model"]) != set(trained_state(model)):
+    if set(data["model"]) != trained_keys(model):
         raise ModelLoadError(f"{path}: the checkpoint does not fit this model")
     model.load_state_dict(data["model"], strict=False)
     opt.load_state_dict(data["optimizer"])
