@@ -69,7 +69,7 @@ class Lexicon:
             for surface in entry.surfaces:
                 self._by_surface.setdefault(_key(surface), entry.normalized)
         alternatives = sorted(self._by_surface, key=len, reverse=True)
-        body = "|".join(re.escape(a).replace(r"\ ", r"[\s-]+") for a in alternatives)
+        body = "|".join(re.escape(a).replace(r"\ ", r"[\s.-]+") for a in alternatives)
         self._pattern = re.compile(rf"(?<![\w-])(?:{body})(?![\w])", re.IGNORECASE)
 
     @classmethod

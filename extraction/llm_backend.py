@@ -19,13 +19,7 @@ from extraction.generate import Generator
 from extraction.lexicon import Lexicon
 from extraction.parsing import find_span, parse_list
 from extraction.pipeline import Labels, LabelScores, SentenceResult, labels_from_scores
-from extraction.rules import (
-    EventGazetteer,
-    lexicon_mentions,
-    with_event_floor,
-    with_lexicon_floor,
-    without_non_products,
-)
+from extraction.rules import EventGazetteer, with_event_floor, with_lexicon
 from extraction.tasks import ANSWER_PREFIX, LABELS, Demo, mark, render_prompt
 
 
@@ -154,8 +148,7 @@ class LlmBackend:
             else:
                 found.append(Entity("", "event", *span, surface))
         if self.opts.lexicon_floor:
-            products, others = lexicon_mentions(self.lexicon, text)
-            found = without_non_products(with_lexicon_floor(found, products), products, others)
+            found = with_lexicon(found, self.lexicon, text)
         if self.event_floor is not None:
             found = with_event_floor(found, self.event_floor.find(text))
         if not any(e.type == "supplement" for e in found):

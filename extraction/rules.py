@@ -15,18 +15,10 @@ from extraction.api import EngineInfo
 from extraction.corpus import Entity, Record, Relation, Usage
 from extraction.lexicon import Lexicon
 from extraction.pipeline import SentenceResult
+from extraction.product_context import is_product
 
 RULES_VERSION = "rules-1"
 
-_NOT_PRODUCT_AFTER = re.compile(
-    r"^\s*(deficien\w*|insufficien\w*|level|levels|toxicity|intake|lab|labs|panel|status|"
-    r"-?\s*rich|stores|overload|def\b)",
-    re.IGNORECASE,
-)
-_NOT_PRODUCT_BEFORE = re.compile(
-    r"(\bIV|intravenous|infusion|\b25-?OH|\bcheck|\bdietary|\bserum|\blow|\bhigh)\s*$",
-    re.IGNORECASE,
-)
 _UNCERTAIN = re.compile(
     r"\b(allerg\w*|intoleran\w*|mother|father|mom|dad|sister|brother|wife|husband|son|daughter|"
     r"family|asked\s+about|interested|wonder\w*|avoid|unsure|ingest\w*|overdose|accidental)\b",
@@ -53,10 +45,6 @@ _ADVERSE = re.compile(
 )
 
 
-def _is_product(text: str, start: int, end: int) -> bool:
-    return not (_NOT_PRODUCT_AFTER.match(text[end:]) or _NOT_PRODUCT_BEFORE.search(text[:start]))
-
-
 def lexicon_mentions(lexicon: Lexicon, text: str) -> tuple[list[Entity], list[Entity]]:
     """Lexicon hits, split into products taken and names in a non-product context (a
     level, deficiency, diet or infusion)."""
@@ -64,7 +52,7 @@ def lexicon_mentions(lexicon: Lexicon, text: str) -> tuple[list[Entity], list[En
     others: list[Entity] = []
     for start, end, name in lexicon.find_mentions(text):
         ent = Entity("", "supplement", start, end, text[start:end], name)
-        (products if _is_product(text, start, end) else others).append(ent)
+        (products if is_product(text, start, end) else others).append(ent)
     return products, others
 
 
@@ -107,6 +95,13 @@ def with_lexicon_floor(found: Sequence[Entity], products: Sequence[Entity]) -> l
         elif len(hits) == 1 and out[hits[0]].type == "supplement":
             out[hits[0]] = prod
     return sorted(out, key=lambda e: e.start)
+
+
+def with_lexicon(found: Sequence[Entity], lexicon: Lexicon, text: str) -> list[Entity]:
+    """The lexicon floor under a model's supplements, less the supplements that name only a
+    non-product (guidelines §1, :mod:`extraction.product_context`)."""
+    products, others = lexicon_mentions(lexicon, text)
+    return without_non_products(with_lexicon_floor(found, products), products, others)
 
 
 class EventGazetteer:

@@ -38,7 +38,7 @@ from extraction.encoder.tokens import Encoding, Marked, decode, encode, mark
 from extraction.errors import ModelLoadError
 from extraction.lexicon import Lexicon
 from extraction.pipeline import Labels, LabelScores, SentenceResult, labels_from_scores
-from extraction.rules import product_mentions, with_lexicon_floor
+from extraction.rules import with_lexicon
 
 ENCODER_TASK_VERSION = "encoder-1"
 MANIFEST = "manifest.json"
@@ -72,7 +72,7 @@ class EncoderOptions:
     batch_size: int = 32
     known_only: bool = True
     lexicon_gate: bool = False
-    lexicon_floor: bool = False  # see extraction.rules.with_lexicon_floor
+    lexicon_floor: bool = False  # see extraction.rules.with_lexicon
 
 
 class EncoderBackend:
@@ -195,7 +195,7 @@ class EncoderBackend:
                     continue
             found.append(Entity("", etype, start, end, surface, norm))
         if self.options.lexicon_floor:
-            found = with_lexicon_floor(found, product_mentions(self.normalizer.lexicon, text))
+            found = with_lexicon(found, self.normalizer.lexicon, text)
         if not any(e.type == "supplement" for e in found):
             return []  # events exist only beside a supplement (guidelines §4)
         return [

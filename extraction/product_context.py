@@ -1,0 +1,89 @@
+"""Is a lexicon name, where it stands, a supplement product taken? (guidelines §1)
+
+A dictionary finds nutrient words everywhere in clinical text, and the guidelines exclude
+most of them by context: lab values and tests ("B12 412", "iron studies", "folate normal"),
+deficiencies and toxicities, dietary intake and foods ("cranberry juice", "cooks with
+garlic", "rich in vitamin K"), anything given intravenously or in TPN, topicals and
+aromatherapy ("biotin shampoo", "lavender essential oil diffuser"), descriptions of a
+product's contents ("label lists zinc"), and nutrient words inside other terms ("calcium
+oxalate stones", "iodine contrast", "B6-containing", "potassium-based salt substitute").
+
+The patterns below were written from those rules and checked on the training corpus only.
+They decide on the name's immediate neighbourhood, so they are cheap and explainable, and
+they are shared by every backend (the rules' dictionary, the models' lexicon floors and
+the models' own supplement mentions, see :mod:`extraction.rules`).
+"""
+
+from __future__ import annotations
+
+import re
+
+# Right after the name: what the name is part of, or that it is a measured value.
+_AFTER = re.compile(
+    r"^(?:"
+    # deficiency, level, test and intake words ("iron sat", "B12 and folate levels")
+    r"\s*(?:deficien\w*|insufficien\w*|toxicity|intake|stores|overload|def\b|load\b|"
+    r"absorption|status|panel|labs?\b|levels?\b|studies|sat\b|saturation|"
+    r"normal\b|wnl\b|replete\b|within\s+normal)"
+    r"|(?:\s*(?:,|and|&)\s*[\w-]+){1,3}\s+(?:levels|studies|sent|checked)\b"
+    r"|\s*(?:,|and)\s*(?:TSH|CBC|CMP|MMA|ferritin|homocysteine)\b"
+    # a lab value: a comparison, a decimal without a dose unit, or a number that ends the
+    # phrase ("B12 412, folate >20", "Mg 1.2 this AM", "Calcium 7.9 post-op")
+    r"|\s*(?::|=|was|is|of)?\s*(?:[<>]\s*\d"
+    r"|\d+\.\d+(?!\d|\s*(?:mg|mcg|g\b|gm|iu|units?|ml|meq|k\b|billion|%))"
+    r"|\d+(?=\s*(?:[;)]|,(?!\d)|$|-\s|\s-|\s+(?:this|today|on\s+admission|post|pre|yesterday|"
+    r"elevated|low|high|normal|and\s+(?:TSH|folate|B12|ferritin)))))"
+    r"|\s*25-?OH\b"
+    # foods and drinks, topicals, and words the name is only part of
+    r"|\s*(?:ale\b|lattes?|candy|candies|sprouts|smoothies?|cereal|bar\b|shampoo|"
+    r"serum\b|cream|lotion|body\s+(?:products|wash)|essential\s+oil|oil\s+(?:on|to)\b|"
+    r"diffuser|contrast|oxalate|sucrose|acetate\s+(?:per|as|with|for)|-?fortified|"
+    r"salt\s+substitute)"
+    r"|-(?:induced|based|rich|free|deficient|responsive)"
+    r"|\s*-?\s*rich\b"
+    r")",
+    re.IGNORECASE,
+)
+# Before the name, adjacent: a test, a route or a dietary source.
+_BEFORE_ADJACENT = re.compile(
+    r"(?:\bIV|intravenous|infusion|\b25-?OH|\bcheck|\bdietary|\bserum|\blow|\bhigh|"
+    r"\btopical|\bhigh\s+in|\brich\s+in|\blots\s+of|\bcooks\s+with|\bfrom\s+diet)\s*$",
+    re.IGNORECASE,
+)
+# Before the name, in the same clause: it is infused, or named as an ingredient.
+_BEFORE_CLAUSE = re.compile(
+    r"(?:\bTPN\b|banana\s+bag|\bIV\b|\bIVPB\b|\blabel\s+lists\b|\bformula\s+with\b|"
+    r"\bcooks?\s+with\b|\bcooking\b|\bapplies\b|\bapply\b)[^;.:()]{0,40}$",
+    re.IGNORECASE,
+)
+# After the name, in the same clause: it is given intravenously, infused or applied.
+_AFTER_CLAUSE = re.compile(
+    r"^(?:(?!\b(?:and|or|plus)\b)[^;,()]){0,25}?\b(?:IV(?!\s+(?:antibiotic|fluid|access|line))|IVPB|intravenous\w*|infus\w*|topically|in\s+(?:her|his|the)\s+"
+    r"(?:cooking|food|diet)|added\s+to\s+(?:the\s+)?bag|in\s+(?:her|his)\s+cooking)\b",
+    re.IGNORECASE,
+)
+
+
+# A drink is a food ("cranberry juice"), except where the juice is the product sold as a
+# supplement (aloe vera and noni juice; guidelines §1 foods, training corpus).
+_JUICE = re.compile(r"^\s*juice\b", re.IGNORECASE)
+_JUICE_PRODUCTS = re.compile(r"^(?:aloe|noni)", re.IGNORECASE)
+
+# A change of product or route between the cue and the name ends the cue's reach
+# ("thiamine 500 mg IV x3 days, then thiamine 100 mg by mouth").
+_HANDOVER = re.compile(
+    r"\b(?:then|to|switch\w*|transition\w*|by\s+mouth|PO|oral\w*|tak\w+)\b", re.IGNORECASE
+)
+
+
+def is_product(text: str, start: int, end: int) -> bool:
+    """Whether the lexicon name at ``text[start:end]`` is a supplement product taken."""
+    before, after = text[:start], text[end:]
+    clause = _BEFORE_CLAUSE.search(before)
+    return not (
+        _AFTER.match(after)
+        or (_JUICE.match(after) and not _JUICE_PRODUCTS.match(text[start:end]))
+        or _BEFORE_ADJACENT.search(before)
+        or (clause is not None and not _HANDOVER.search(clause.group(0)))
+        or _AFTER_CLAUSE.match(after)
+    )
