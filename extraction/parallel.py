@@ -17,7 +17,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from types import TracebackType
 from typing import Any
 
@@ -26,6 +26,9 @@ from extraction.errors import WorkerError
 from extraction.pipeline import SentenceBackend, SentenceResult
 
 Build = Callable[[], SentenceBackend]
+# A worker reports progress after every this many sentences of its share (a multiple of the
+# default generation batch, so batching is unchanged); the hang deadline restarts each time.
+PROGRESS_EVERY = 64
 
 
 __all__ = ["ProcessBackend", "WorkerError", "backend_counters", "deal"]
@@ -47,9 +50,11 @@ def backend_counters(backend: object) -> dict[str, int]:
     }
 
 
-def _serve(build: Build, conn: Connection) -> None:
+def _serve(build: Build, conn: Connection, every: int = PROGRESS_EVERY) -> None:
     """Worker main loop: build the backend, then answer numbered sentence batches until told
-    to stop (``None``) or the pipe closes."""
+    to stop (``None``) or the pipe closes. A batch is worked through ``every`` sentences at
+    a time, each part but the last followed by a ``progress`` message (the parent's
+    heartbeat: a worker that makes progress is never taken for hung)."""
     # Ctrl-C and a service manager's SIGTERM reach the whole process group: the parent
     # decides when workers stop (it sends None, or kills them), so none dies mid-answer.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -69,7 +74,11 @@ def _serve(build: Build, conn: Connection) -> None:
             return
         seq, batch = request
         try:
-            results = backend.predict(batch)
+            results: list[SentenceResult] = []
+            for start in range(0, len(batch), every):
+                if start:
+                    _reply(conn, seq, "progress", start)
+                results += backend.predict(batch[start : start + every])
         except Exception as exc:  # the parent re-raises it; the worker stays usable
             _reply(conn, seq, "error", _portable(exc))
             continue
@@ -112,10 +121,11 @@ class ProcessBackend:
     A call that ends abnormally (a worker died or hung, an interrupt mid-exchange) stops
     every worker, and the next call starts fresh ones: answers can never be matched to the
     wrong batch. A worker is declared hung when it has not started within ``start_timeout``
-    seconds, or has not answered within ``sentence_timeout`` seconds per sentence of the
-    largest share (plus that much once): generation is bounded, so only a stuck process
-    (a native deadlock, a stopped process) overruns that. Use as a context manager, or call
-    :meth:`close`."""
+    seconds, or has not reported progress within ``sentence_timeout`` seconds per sentence
+    of its current part (``progress_every`` sentences, plus that much once): generation is
+    bounded, so only a stuck process (a native deadlock, a stopped process) overruns that,
+    and it is caught as soon in a batch of a million sentences as in one of ten. Use as a
+    context manager, or call :meth:`close`."""
 
     def __init__(
         self,
@@ -123,15 +133,17 @@ class ProcessBackend:
         workers: int,
         start_timeout: float = 600.0,
         sentence_timeout: float = 60.0,
+        progress_every: int = PROGRESS_EVERY,
     ) -> None:
-        if workers < 1:
-            raise ValueError("workers must be >= 1")
+        if workers < 1 or progress_every < 1:
+            raise ValueError("workers and progress_every must be >= 1")
         if start_timeout <= 0 or sentence_timeout <= 0:
             raise ValueError("worker timeouts must be positive")
         self._build = build
         self._size = workers
         self._start_timeout = start_timeout
         self._sentence_timeout = sentence_timeout
+        self._every = progress_every
         self._seq = 0
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
@@ -144,7 +156,9 @@ class ProcessBackend:
             for n in range(self._size):
                 parent, child = ctx.Pipe()
                 proc = ctx.Process(
-                    target=_serve, args=(self._build, child), name=f"dsfhir-model-{n}"
+                    target=_serve,
+                    args=(self._build, child, self._every),
+                    name=f"dsfhir-model-{n}",
                 )
                 proc.daemon = True  # never outlives the parent
                 proc.start()
@@ -173,19 +187,30 @@ class ProcessBackend:
         error.__cause__ = cause
         return error
 
-    def _receive(self, n: int, seq: int, deadline: float) -> Any:
-        wait = deadline - time.monotonic()
+    def _hung(self, n: int, seq: int) -> WorkerError:
+        return WorkerError(
+            f"model worker {n} gave no answer within its time limit "
+            f"({'starting' if seq == 0 else f'request {seq}'}): stopped as hung"
+        )
+
+    def _read(self, n: int, seq: int) -> tuple[str, Any]:
+        """One message of worker ``n`` (ready to be read) for request ``seq``."""
         try:
-            if not self._conns[n].poll(max(0.0, wait)):
-                raise WorkerError(
-                    f"model worker {n} gave no answer within its time limit "
-                    f"({'starting' if seq == 0 else f'request {seq}'}): stopped as hung"
-                )
             got, kind, payload = self._conns[n].recv()
         except (EOFError, OSError) as exc:
             raise self._dead(n, exc) from exc
         if got != seq:
             raise WorkerError(f"model worker {n} answered request {got}, expected {seq}")
+        return kind, payload
+
+    def _receive(self, n: int, seq: int, deadline: float) -> Any:
+        try:
+            ready = self._conns[n].poll(max(0.0, deadline - time.monotonic()))
+        except (EOFError, OSError) as exc:
+            raise self._dead(n, exc) from exc
+        if not ready:
+            raise self._hung(n, seq)
+        kind, payload = self._read(n, seq)
         if kind == "error":
             raise payload
         return payload
@@ -210,6 +235,10 @@ class ProcessBackend:
             raise WorkerError(f"model workers answered {len(done)} of {len(sentences)} sentences")
         return done
 
+    def _deadline(self, remaining: int) -> float:
+        part = min(self._every, remaining)
+        return time.monotonic() + self._sentence_timeout * (part + 1)
+
     def _exchange(
         self, sentences: Sequence[str], shares: list[list[int]], seq: int
     ) -> list[SentenceResult | None]:
@@ -220,18 +249,29 @@ class ProcessBackend:
                 raise self._dead(n, exc) from exc
         out: list[SentenceResult | None] = [None] * len(sentences)
         failure: Exception | None = None
-        most = max((len(share) for share in shares), default=0)
-        deadline = time.monotonic() + self._sentence_timeout * (most + 1)
-        for n, share in enumerate(shares):  # every answer is read, even after an error
-            try:
-                results, counters = self._receive(n, seq, deadline)
-                self._counters[n] = counters
-                for i, res in zip(share, results, strict=True):
+        pending = {n: self._deadline(len(share)) for n, share in enumerate(shares)}
+        while pending:  # every answer is read, even after an error
+            first = min(pending, key=pending.__getitem__)
+            ready = wait(
+                [self._conns[n] for n in pending],
+                max(0.0, pending[first] - time.monotonic()),
+            )
+            if not ready:
+                raise self._hung(first, seq)  # predict stops every worker
+            for n in [n for n in pending if self._conns[n] in ready]:
+                kind, payload = self._read(n, seq)
+                if kind == "progress":
+                    pending[n] = self._deadline(len(shares[n]) - int(payload))
+                    continue
+                del pending[n]
+                if kind == "error" and isinstance(payload, WorkerError):
+                    raise payload  # the pipes can no longer be trusted
+                if kind == "error":  # the backend's own error: the workers stay usable
+                    failure = failure or payload
+                    continue
+                results, self._counters[n] = payload
+                for i, res in zip(shares[n], results, strict=True):
                     out[i] = res
-            except WorkerError:
-                raise  # the pipes can no longer be trusted: predict stops every worker
-            except Exception as exc:  # the backend's own error: the workers stay usable
-                failure = failure or exc
         if failure is not None:
             raise failure
         return out

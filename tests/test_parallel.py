@@ -156,6 +156,32 @@ def test_a_hung_worker_is_stopped_after_its_time_limit_and_replaced() -> None:
         assert [_content(r) for r in again] == [_content(r) for r in rules().predict(SENTENCES)]
 
 
+class Slow(Picky):
+    """Rules that take 0.8 s per call."""
+
+    def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        time.sleep(0.8)
+        return super().predict(sentences)
+
+
+def test_a_worker_reporting_progress_is_not_taken_for_hung() -> None:
+    # Each one-sentence part has 2 x 0.5 s; the six parts take 4.8 s in all, more than a
+    # deadline for the whole share (7 x 0.5 s) would allow.
+    with ProcessBackend(Slow, 1, sentence_timeout=0.5, progress_every=1) as pool:
+        got = pool.predict(SENTENCES + SENTENCES[:1])
+    assert [r.record.text for r in got] == SENTENCES + SENTENCES[:1]
+
+
+def test_a_hang_late_in_a_large_batch_is_caught_within_one_part() -> None:
+    batch = [f"{s} (copy {n})" for n in range(8) for s in SENTENCES] + ["HANG"]
+    with ProcessBackend(Stuck, 1, sentence_timeout=0.5, progress_every=2) as pool:
+        began = time.monotonic()
+        with pytest.raises(WorkerError, match="no answer within its time limit"):
+            pool.predict(batch)  # "HANG", the shortest, is the last part
+        # a deadline for the whole share would be 42 x 0.5 = 21 s
+        assert time.monotonic() - began < 10
+
+
 def test_a_worker_that_never_finishes_starting_is_stopped() -> None:
     with pytest.raises(WorkerError, match=r"no answer .*\(starting\)"):
         ProcessBackend(stuck_at_start, 1, start_timeout=2)
