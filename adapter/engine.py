@@ -160,11 +160,14 @@ def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extracto
         from extraction.parallel import ProcessBackend
 
         dsn = str(pool.conninfo) if pool is not None and uses_retrieval(settings) else None
+        # Every model backend gates on the lexicon's mentions: that part is done here.
+        gate = load_lexicon(settings).mentions_any if ext.lexicon_gate else None
         backend = ProcessBackend(
             functools.partial(worker_backend, settings, dsn),
             workers,
             start_timeout=ext.worker_start_timeout_s,
             sentence_timeout=ext.worker_sentence_timeout_s,
+            gate=gate,
         )
     else:
         backend = sentence_backend(settings, pool)

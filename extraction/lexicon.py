@@ -125,6 +125,10 @@ class Lexicon:
             if _key(m.group(0)) in self._by_surface
         ]
 
+    def mentions_any(self, text: str) -> bool:
+        """Whether ``text`` holds a lexicon hit (the backends' lexicon gate)."""
+        return bool(self.find_mentions(text))
+
     def candidates(self, text: str) -> str:
         """The lexicon hits of ``text`` as written, comma-separated (a prompt hint)."""
         return ", ".join(dict.fromkeys(text[s:e] for s, e, _ in self.find_mentions(text)))

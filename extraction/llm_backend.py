@@ -111,7 +111,7 @@ class LlmBackend:
         results = [SentenceResult(Record(f"s{i}", s)) for i, s in enumerate(sentences)]
         todo = [
             i for i, s in enumerate(sentences)
-            if not self.opts.lexicon_gate or self.lexicon.find_mentions(s)
+            if not self.opts.lexicon_gate or self.lexicon.mentions_any(s)
         ]  # fmt: skip
         self.gen.loaded.use("ner")
         outputs = self.gen.generate(self._prompts("ner", [sentences[i] for i in todo]))

@@ -22,13 +22,17 @@ from types import TracebackType
 from typing import Any
 
 from extraction.api import EngineInfo
+from extraction.corpus import Record
 from extraction.errors import WorkerError
 from extraction.pipeline import SentenceBackend, SentenceResult
 
 Build = Callable[[], SentenceBackend]
 # A worker reports progress after every this many sentences of its share (a multiple of the
-# default generation batch, so batching is unchanged); the hang deadline restarts each time.
-PROGRESS_EVERY = 64
+# default generation batch; 64 cost ~10% of the ensemble's speed on notes, docs/results.md);
+# the hang deadline restarts each time.
+PROGRESS_EVERY = 128
+# Whether a sentence needs the model at all (the backends' lexicon gate).
+Gate = Callable[[str], bool]
 
 
 __all__ = ["ProcessBackend", "WorkerError", "backend_counters", "deal"]
@@ -124,8 +128,12 @@ class ProcessBackend:
     seconds, or has not reported progress within ``sentence_timeout`` seconds per sentence
     of its current part (``progress_every`` sentences, plus that much once): generation is
     bounded, so only a stuck process (a native deadlock, a stopped process) overruns that,
-    and it is caught as soon in a batch of a million sentences as in one of ten. Use as a
-    context manager, or call :meth:`close`."""
+    and it is caught as soon in a batch of a million sentences as in one of ten.
+
+    ``gate``: the backend's lexicon gate, when it has one. Sentences it rejects get the
+    empty result the backend would give them, here, and are never sent: in notes most
+    sentences name no supplement, so the parts (and the model's batches) stay full of
+    sentences that need the model. Use as a context manager, or call :meth:`close`."""
 
     def __init__(
         self,
@@ -134,6 +142,7 @@ class ProcessBackend:
         start_timeout: float = 600.0,
         sentence_timeout: float = 60.0,
         progress_every: int = PROGRESS_EVERY,
+        gate: Gate | None = None,
     ) -> None:
         if workers < 1 or progress_every < 1:
             raise ValueError("workers and progress_every must be >= 1")
@@ -144,6 +153,7 @@ class ProcessBackend:
         self._start_timeout = start_timeout
         self._sentence_timeout = sentence_timeout
         self._every = progress_every
+        self._gate = gate
         self._seq = 0
         self._conns: list[Connection] = []
         self._procs: list[Any] = []
@@ -218,7 +228,9 @@ class ProcessBackend:
     def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
         if not self._conns:  # the last call ended abnormally: start over
             self._info = self._start()
-        shares = [s for s in deal([len(t) for t in sentences], self._size) if s]
+        todo = [i for i, t in enumerate(sentences) if self._gate is None or self._gate(t)]
+        dealt = deal([len(sentences[i]) for i in todo], self._size)
+        shares = [[todo[j] for j in share] for share in dealt if share]
         self._seq += 1
         try:
             out = self._exchange(sentences, shares, self._seq)
@@ -230,6 +242,8 @@ class ProcessBackend:
         except BaseException:  # interrupted mid-exchange: answers may be left in the pipes
             self._stop(at_once=True)
             raise
+        for i in set(range(len(sentences))) - set(todo):
+            out[i] = SentenceResult(Record(f"s{i}", sentences[i]))
         done = [r for r in out if r is not None]
         if len(done) != len(sentences):
             raise WorkerError(f"model workers answered {len(done)} of {len(sentences)} sentences")

@@ -76,9 +76,14 @@ _HANDOVER = re.compile(
 )
 
 
+_REACH = 120
+
+
 def is_product(text: str, start: int, end: int) -> bool:
     """Whether the lexicon name at ``text[start:end]`` is a supplement product taken."""
-    before, after = text[:start], text[end:]
+    # Every pattern looks at most ~60 characters away: a window keeps the cost per name
+    # constant in long notes.
+    before, after = text[max(0, start - _REACH) : start], text[end : end + _REACH]
     clause = _BEFORE_CLAUSE.search(before)
     return not (
         _AFTER.match(after)

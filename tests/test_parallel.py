@@ -182,6 +182,17 @@ def test_a_hang_late_in_a_large_batch_is_caught_within_one_part() -> None:
         assert time.monotonic() - began < 10
 
 
+def test_sentences_the_gate_rejects_are_answered_here_and_never_sent() -> None:
+    lexicon = Lexicon.load(REPO / "data/lexicon/supplements.tsv")
+    batch = [*SENTENCES, "BOOM: no supplement named here."]  # would fail in Picky
+    with ProcessBackend(Picky, 2, gate=lexicon.mentions_any) as pool:
+        got = pool.predict(batch)
+    assert [r.record.text for r in got] == batch
+    assert [_content(r) for r in got] == [_content(r) for r in rules().predict(batch[:-1])] + [
+        (batch[-1], (), (), (), {}, 0)
+    ]
+
+
 def test_a_worker_that_never_finishes_starting_is_stopped() -> None:
     with pytest.raises(WorkerError, match=r"no answer .*\(starting\)"):
         ProcessBackend(stuck_at_start, 1, start_timeout=2)

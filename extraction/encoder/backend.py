@@ -110,7 +110,7 @@ class EncoderBackend:
         gate = self.normalizer.lexicon
         todo = [
             i for i, s in enumerate(sentences)
-            if not self.options.lexicon_gate or gate.find_mentions(s)
+            if not self.options.lexicon_gate or gate.mentions_any(s)
         ]  # fmt: skip
         found = dict(zip(todo, records([sentences[i] for i in todo]), strict=True))
         return [
