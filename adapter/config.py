@@ -172,6 +172,19 @@ class Settings(_Section):
     encoder: EncoderConfig = EncoderConfig()
     writeback: WritebackConfig = WritebackConfig()
 
+    @model_validator(mode="after")
+    def _one_thread_count(self) -> Settings:
+        # torch has one thread count per process: where the LLM and the encoder share a
+        # process, a second setting would be silently overridden by the first.
+        both = self.extraction.backend in ("ensemble", "encoder+llm", "llm+encoder")
+        if both and self.encoder.threads != self.model.threads:
+            raise ValueError(
+                f"backend {self.extraction.backend!r} runs the LLM and the encoder in one "
+                f"process, where torch has one thread count: set encoder.threads = "
+                f"model.threads (now {self.encoder.threads} and {self.model.threads})"
+            )
+        return self
+
     @property
     def base_dir(self) -> Path:
         return self.source.parent if self.source else Path.cwd()
@@ -233,8 +246,11 @@ def _describe(exc: ValidationError, where: str) -> str:
     lines = [f"invalid configuration in {where}:"]
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
-        key = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else f"[{loc[0]}]"
         msg = str(err["msg"]).removeprefix("Value error, ")
+        if not loc:  # a rule across sections
+            lines.append(f"  {msg}")
+            continue
+        key = f"[{loc[0]}] {'.'.join(loc[1:])}" if len(loc) > 1 else f"[{loc[0]}]"
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 

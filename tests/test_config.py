@@ -57,6 +57,7 @@ def test_relative_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
         ("[database]\npool_min_size = 5\npool_max_size = 2\n", "pool_max_size must be"),
         ('[auth]\nmethod = "smart"\nclient_id = "x"\n', "auth.private_key_path is required"),
         ("[fhir]\nverify_tls = 1\n", "[fhir] verify_tls"),
+        ("[model]\nthreads = 2\n", "set encoder.threads = model.threads (now 1 and 2)"),
     ],
 )
 def test_bad_values_fail_naming_key_and_file(tmp_path: Path, body: str, expected: str) -> None:
