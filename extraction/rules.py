@@ -106,14 +106,25 @@ def with_lexicon(found: Sequence[Entity], lexicon: Lexicon, text: str) -> list[E
 
 class EventGazetteer:
     """Event phrases seen in annotated training data, found whole-word and case-blind
-    (longest phrase first)."""
+    (longest phrase first), except acronyms: a phrase only ever written in capitals is
+    found only as written ("ALL" is a leukaemia, "all" is not; "PAD" is not a heating pad).
+    """
 
     def __init__(self, terms: Iterable[str]) -> None:
-        unique = sorted(
-            {t.strip().lower() for t in terms if len(t.strip()) > 2}, key=len, reverse=True
-        )
-        body = "|".join(re.escape(t) for t in unique) or r"(?!x)x"
-        self._pattern = re.compile(rf"(?<![\w-])(?:{body})(?![\w])", re.IGNORECASE)
+        forms: dict[str, set[str]] = {}
+        for term in (t.strip() for t in terms):
+            if len(term) > 2:
+                forms.setdefault(term.lower(), set()).add(term)
+        alternatives: list[tuple[int, str]] = []
+        for key, written in forms.items():
+            if all(f.isupper() for f in written):
+                alternatives += [(len(f), re.escape(f)) for f in written]
+            else:
+                alternatives.append((len(key), f"(?i:{re.escape(key)})"))
+        # Longest first, so a phrase wins over the shorter phrases inside it.
+        alternatives.sort(key=lambda a: a[0], reverse=True)
+        body = "|".join(a for _, a in alternatives) or r"(?!x)x"
+        self._pattern = re.compile(rf"(?<![\w-])(?:{body})(?![\w])")
 
     def find(self, text: str) -> list[Entity]:
         return [

@@ -66,6 +66,12 @@ def test_event_gazetteer_finds_whole_phrases_case_blind_longest_first() -> None:
     assert EventGazetteer([]).find(text) == []  # no phrases: nothing found, no error
 
 
+def test_acronyms_are_found_only_as_written() -> None:
+    gazetteer = EventGazetteer(["ALL", "PAD", "Hives", "HIVES"])
+    text = "ALL in remission; all meds reviewed, heating pad for PAD, hives resolved."
+    assert [e.text for e in gazetteer.find(text)] == ["ALL", "PAD", "hives"]
+
+
 def test_gazetteer_events_fill_in_beside_a_supplement_without_moving_the_models() -> None:
     gazetteer = EventGazetteer(["leg cramps", "insomnia", "sleep"])
     text = "Takes magnesium for leg cramps and melatonin for insomnia."
