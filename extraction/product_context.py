@@ -58,11 +58,11 @@ _BEFORE_CLAUSE = re.compile(
 )
 # After the name, in the same clause: it is given intravenously, infused or applied.
 _AFTER_CLAUSE = re.compile(
-    r"^(?:(?!\b(?:and|or|plus)\b)[^;,()]){0,25}?\b(?:IV(?!\s+(?:antibiotic|fluid|access|line))|IVPB|intravenous\w*|infus\w*|topically|in\s+(?:her|his|the)\s+"
-    r"(?:cooking|food|diet)|added\s+to\s+(?:the\s+)?bag|in\s+(?:her|his)\s+cooking)\b",
+    r"^(?:(?!\b(?:and|or|plus)\b)[^;,()]){0,25}?"  # no other product in between
+    r"\b(?:IV(?!\s+(?:antibiotic|fluid|access|line))|IVPB|intravenous\w*|infus\w*|"
+    r"topically|in\s+(?:her|his|the)\s+(?:cooking|food|diet)|added\s+to\s+(?:the\s+)?bag)\b",
     re.IGNORECASE,
 )
-
 
 # A drink is a food ("cranberry juice"), except where the juice is the product sold as a
 # supplement (aloe vera and noni juice; guidelines §1 foods, training corpus).
@@ -76,13 +76,13 @@ _HANDOVER = re.compile(
 )
 
 
+# Every pattern looks at most ~60 characters away: a window keeps the cost per name
+# constant in long notes.
 _REACH = 120
 
 
 def is_product(text: str, start: int, end: int) -> bool:
     """Whether the lexicon name at ``text[start:end]`` is a supplement product taken."""
-    # Every pattern looks at most ~60 characters away: a window keeps the cost per name
-    # constant in long notes.
     before, after = text[max(0, start - _REACH) : start], text[end : end + _REACH]
     clause = _BEFORE_CLAUSE.search(before)
     return not (
