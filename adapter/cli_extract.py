@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from psycopg_pool import ConnectionPool
+from pydantic import ValidationError
 
 from adapter.cli_model import migrated_pool
-from adapter.config import Settings
+from adapter.config import Settings, describe
 from adapter.engine import BACKENDS, opened_extractor, uses_retrieval
+from adapter.errors import ConfigError
 from extraction.api import Extractor, NoteExtraction
 
 log = logging.getLogger(__name__)
@@ -96,7 +98,10 @@ def overridden(args: argparse.Namespace, settings: Settings) -> Settings:
     if args.adapter:
         adapter = None if args.adapter == "none" else Path(args.adapter)
         update["model"] = settings.model.model_copy(update={"adapter": adapter})
-    return Settings.model_validate(settings.model_copy(update=update).model_dump())
+    try:
+        return Settings.model_validate(settings.model_copy(update=update).model_dump())
+    except ValidationError as exc:
+        raise ConfigError(describe(exc, "the configuration with these options")) from exc
 
 
 @contextmanager

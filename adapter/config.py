@@ -242,7 +242,8 @@ def _coerce_env(section: str, key: str, value: str, where: str) -> Any:
     return value
 
 
-def _describe(exc: ValidationError, where: str) -> str:
+def describe(exc: ValidationError, where: str) -> str:
+    """A validation error as lines naming each key (no input values: they may be secrets)."""
     lines = [f"invalid configuration in {where}:"]
     for err in exc.errors():
         loc = [str(p) for p in err["loc"]]
@@ -297,7 +298,7 @@ def load_settings(path: Path | None, environ: Mapping[str, str] | None = None) -
             {**_path_fields(data), "source": path.resolve() if path else None}
         )
     except ValidationError as exc:
-        raise ConfigError(_describe(exc, where)) from exc
+        raise ConfigError(describe(exc, where)) from exc
 
 
 def masked_dump(settings: Settings) -> dict[str, Any]:

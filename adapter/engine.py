@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -160,14 +160,12 @@ def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extracto
         from extraction.parallel import ProcessBackend
 
         dsn = str(pool.conninfo) if pool is not None and uses_retrieval(settings) else None
-        # Every model backend gates on the lexicon's mentions: that part is done here.
-        gate = load_lexicon(settings).mentions_any if ext.lexicon_gate else None
         backend = ProcessBackend(
             functools.partial(worker_backend, settings, dsn),
             workers,
             start_timeout=ext.worker_start_timeout_s,
             sentence_timeout=ext.worker_sentence_timeout_s,
-            gate=gate,
+            gate=_parent_gate(settings),
         )
     else:
         backend = sentence_backend(settings, pool)
@@ -178,6 +176,18 @@ def build_extractor(settings: Settings, pool: ConnectionPool | None) -> Extracto
         ext.status_rules,
         pipeline_options(settings),
     )
+
+
+def _parent_gate(settings: Settings) -> Callable[[str], bool] | None:
+    """The lexicon gate of backends whose every sentence without a project-lexicon hit gets
+    an empty result, to be applied before sentences are sent to worker processes. Not the
+    encoder's NER: it gates on the lexicon merged with its training surfaces (names.json)."""
+    ext = settings.extraction
+    if not ext.lexicon_gate or ext.backend not in ("llm", "llm+encoder", "ensemble"):
+        return None
+    # The ensemble too: without a hit the LLM and the rules find nothing, and the encoder's
+    # lone vote is not a majority.
+    return load_lexicon(settings).mentions_any
 
 
 def uses_event_floor(settings: Settings) -> bool:

@@ -233,15 +233,12 @@ class ProcessBackend:
         shares = [[todo[j] for j in share] for share in dealt if share]
         self._seq += 1
         try:
-            out = self._exchange(sentences, shares, self._seq)
-        except WorkerError:
-            self._stop(at_once=True)
+            out, failure = self._exchange(sentences, shares, self._seq)
+        except BaseException:  # a worker died or hung, or an interruption or unexpected
+            self._stop(at_once=True)  # error mid-exchange: answers may be left in the pipes
             raise
-        except Exception:
-            raise  # the backend's own error, every answer read: the workers stay usable
-        except BaseException:  # interrupted mid-exchange: answers may be left in the pipes
-            self._stop(at_once=True)
-            raise
+        if failure is not None:
+            raise failure  # the backend's own error, every answer read: workers stay usable
         for i in set(range(len(sentences))) - set(todo):
             out[i] = SentenceResult(Record(f"s{i}", sentences[i]))
         done = [r for r in out if r is not None]
@@ -255,7 +252,9 @@ class ProcessBackend:
 
     def _exchange(
         self, sentences: Sequence[str], shares: list[list[int]], seq: int
-    ) -> list[SentenceResult | None]:
+    ) -> tuple[list[SentenceResult | None], Exception | None]:
+        """Send every share and read every answer; the first error a backend raised is
+        returned with the results (raising it earlier would leave answers in the pipes)."""
         for n, share in enumerate(shares):
             try:
                 self._conns[n].send((seq, [sentences[i] for i in share]))
@@ -286,9 +285,7 @@ class ProcessBackend:
                 results, self._counters[n] = payload
                 for i, res in zip(shares[n], results, strict=True):
                     out[i] = res
-        if failure is not None:
-            raise failure
-        return out
+        return out, failure
 
     def counters(self) -> dict[str, int]:
         """Every worker's latest counters summed (tokens, seconds of work by part, peak RSS)."""

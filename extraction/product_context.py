@@ -27,12 +27,11 @@ _AFTER = re.compile(
     r"normal\b|wnl\b|replete\b|within\s+normal)"
     r"|(?:\s*(?:,|and|&)\s*[\w-]+){1,3}\s+(?:levels|studies|sent|checked)\b"
     r"|\s*(?:,|and)\s*(?:TSH|CBC|CMP|MMA|ferritin|homocysteine)\b"
-    # a lab value: a comparison, a decimal without a dose unit, or a number that ends the
-    # phrase ("B12 412, folate >20", "Mg 1.2 this AM", "Calcium 7.9 post-op")
+    # a lab value: a comparison, or a decimal without a dose unit ("folate >20", "Mg 1.2
+    # this AM", "Calcium 7.9 post-op"; not "melatonin 0.5-1 mg", "omega-3 2.5 grams")
     r"|\s*(?::|=|was|is|of)?\s*(?:[<>]\s*\d"
-    r"|\d+\.\d+(?!\d|\s*(?:mg|mcg|g\b|gm|iu|units?|ml|meq|k\b|billion|%))"
-    r"|\d+(?=\s*(?:[;)]|,(?!\d)|$|-\s|\s-|\s+(?:this|today|on\s+admission|post|pre|yesterday|"
-    r"elevated|low|high|normal|and\s+(?:TSH|folate|B12|ferritin)))))"
+    r"|\d+\.\d+(?!\d|\s*(?:-\s*\d|to\s+\d|mg|mcg|g\b|gm|grams?|iu|units?|ml|meq|k\b|"
+    r"billion|%|tab|cap|softgel|gumm|drop|scoop|tsp|tbsp)))"
     r"|\s*25-?OH\b"
     # foods and drinks, topicals, and words the name is only part of
     r"|\s*(?:ale\b|lattes?|candy|candies|sprouts|smoothies?|cereal|bar\b|shampoo|"
@@ -44,22 +43,38 @@ _AFTER = re.compile(
     r")",
     re.IGNORECASE,
 )
+# A lab value written as a whole number ("B12 412,") needs a lab beside it: unit-less doses
+# ("magnesium 400; calcium 600") look the same.
+_INTEGER_VALUE = re.compile(
+    r"^\s*(?::|=|was|is|of)?\s*\d+(?=\s*(?:[;)]|,(?!\d)|$|-\s|\s-|\s+(?:this|today|post|pre|"
+    r"on\s+admission|yesterday|elevated|low|high|normal|and\s)))",
+    re.IGNORECASE,
+)
+_LAB_NEARBY = re.compile(
+    r"\b(?:labs?|levels?|screen\w*|TSH|ferritin|MMA|CBC|CMP|BMP|A1c|TSAT|Hgb|INR|panel)\b"
+)
+# "IV" the route, not a stage, grade or class ("stage IV CKD"), and not the other IV
+# treatments beside a supplement taken by mouth ("IV fluids", "IV antibiotics").
+_IV = (
+    r"(?<!stage )(?<!grade )(?<!class )(?<!type )(?-i:\bIV)"
+    r"(?!\s+(?:antibiotic|abx|fluid|access|line|contrast))"
+)
 # Before the name, adjacent: a test, a route or a dietary source.
 _BEFORE_ADJACENT = re.compile(
-    r"(?:\bIV|intravenous|infusion|\b25-?OH|\bcheck|\bdietary|\bserum|\blow|\bhigh|"
+    rf"(?:{_IV}|intravenous|infusion|\b25-?OH|\bcheck|\bdietary|\bserum|\blow|\bhigh|"
     r"\btopical|\bhigh\s+in|\brich\s+in|\blots\s+of|\bcooks\s+with|\bfrom\s+diet)\s*$",
     re.IGNORECASE,
 )
 # Before the name, in the same clause: it is infused, or named as an ingredient.
 _BEFORE_CLAUSE = re.compile(
-    r"(?:\bTPN\b|banana\s+bag|\bIV\b|\bIVPB\b|\blabel\s+lists\b|\bformula\s+with\b|"
+    rf"(?:\bTPN\b|banana\s+bag|{_IV}\b|\bIVPB\b|\blabel\s+lists\b|\bformula\s+with\b|"
     r"\bcooks?\s+with\b|\bcooking\b|\bapplies\b|\bapply\b)[^;.:()]{0,40}$",
     re.IGNORECASE,
 )
 # After the name, in the same clause: it is given intravenously, infused or applied.
 _AFTER_CLAUSE = re.compile(
     r"^(?:(?!\b(?:and|or|plus)\b)[^;,()]){0,25}?"  # no other product in between
-    r"\b(?:IV(?!\s+(?:antibiotic|fluid|access|line))|IVPB|intravenous\w*|infus\w*|"
+    rf"(?:{_IV}|\bIVPB|\bintravenous\w*|\binfus\w*|\b"
     r"topically|in\s+(?:her|his|the)\s+(?:cooking|food|diet)|added\s+to\s+(?:the\s+)?bag)\b",
     re.IGNORECASE,
 )
@@ -72,7 +87,9 @@ _JUICE_PRODUCTS = re.compile(r"^(?:aloe|noni)", re.IGNORECASE)
 # A change of product or route between the cue and the name ends the cue's reach
 # ("thiamine 500 mg IV x3 days, then thiamine 100 mg by mouth").
 _HANDOVER = re.compile(
-    r"\b(?:then|to|switch\w*|transition\w*|by\s+mouth|PO|oral\w*|tak\w+)\b", re.IGNORECASE
+    r"\b(?:then|to|switch\w*|transition\w*|by\s+mouth|PO|oral\w*|tak\w+|resum\w*|"
+    r"continu\w*|home)\b",
+    re.IGNORECASE,
 )
 
 
@@ -84,11 +101,17 @@ _REACH = 120
 def is_product(text: str, start: int, end: int) -> bool:
     """Whether the lexicon name at ``text[start:end]`` is a supplement product taken."""
     before, after = text[max(0, start - _REACH) : start], text[end : end + _REACH]
-    clause = _BEFORE_CLAUSE.search(before)
     return not (
         _AFTER.match(after)
         or (_JUICE.match(after) and not _JUICE_PRODUCTS.match(text[start:end]))
+        or (_INTEGER_VALUE.match(after) and _LAB_NEARBY.search(before + after))
         or _BEFORE_ADJACENT.search(before)
-        or (clause is not None and not _HANDOVER.search(clause.group(0)))
-        or _AFTER_CLAUSE.match(after)
+        or _in_clause(_BEFORE_CLAUSE.search(before))
+        or _in_clause(_AFTER_CLAUSE.match(after))
     )
+
+
+def _in_clause(cue: re.Match[str] | None) -> bool:
+    """A clause cue holds unless the text between it and the name hands over to another
+    product or route."""
+    return cue is not None and not _HANDOVER.search(cue.group(0))

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from adapter.cli import main
+from adapter.errors import ConfigError
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -95,6 +96,9 @@ def test_the_engine_reports_its_switches_and_the_cli_overrides_them(config: Path
     assert (ext.backend, ext.lexicon_gate, ext.lexicon_floor) == ("llm", False, False)
     assert ext.ensemble_encoder_weight == 0.75
     assert (ext.event_floor, ext.status_rules) == (True, False)
+    bad = {**flags, "ensemble_encoder_weight": 1.5}
+    with pytest.raises(ConfigError, match="ensemble_encoder_weight"):
+        overridden(argparse.Namespace(**bad), settings)
 
 
 def test_the_ensembles_switches_name_its_label_weight(config: Path) -> None:

@@ -156,6 +156,24 @@ def test_a_hung_worker_is_stopped_after_its_time_limit_and_replaced() -> None:
         assert [_content(r) for r in again] == [_content(r) for r in rules().predict(SENTENCES)]
 
 
+class Miscounting(Picky):
+    """Rules that answer one sentence too few for a batch holding SHORT."""
+
+    def predict(self, sentences: Sequence[str]) -> list[SentenceResult]:
+        results = super().predict(sentences)
+        return results[:-1] if any("SHORT" in s for s in sentences) else results
+
+
+def test_a_malformed_answer_stops_the_workers_and_the_next_call_starts_afresh() -> None:
+    with ProcessBackend(Miscounting, 2) as pool:
+        old = list(pool._procs)
+        with pytest.raises(ValueError):
+            pool.predict(["SHORT: the longest sentence of them all here", *SENTENCES])
+        assert not any(p.is_alive() for p in old)  # no answer can be left in a pipe
+        again = pool.predict(SENTENCES)
+    assert [_content(r) for r in again] == [_content(r) for r in rules().predict(SENTENCES)]
+
+
 class Slow(Picky):
     """Rules that take 0.8 s per call."""
 

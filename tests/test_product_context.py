@@ -54,6 +54,15 @@ def test_non_product_contexts(text: str, name: str) -> None:
         ("Stopped her iron 2 wks ago because of constipation.", "iron"),
         ("Asked whether to keep taking probiotics with the IV antibiotics.", "probiotics"),
         ("Applies a barrier cream and takes zinc daily to help the ulcer heal.", "zinc"),
+        # unit-less doses and ranges are not lab values
+        ("Home meds: magnesium 400; calcium 600; melatonin 3.", "magnesium"),
+        ("Vitamin D 1000 - continue, recheck in spring.", "Vitamin D"),
+        ("Melatonin 0.5-1 mg at bedtime as needed.", "Melatonin"),
+        # a stage is not a route; other IV treatments leave oral products alone
+        ("Stage IV CKD, takes a renal vitamin daily and vitamin D 1000 IU.", "vitamin D"),
+        ("Got IV fluids overnight and continued her turmeric.", "turmeric"),
+        ("Started iron 325 mg PO daily after the IV iron course.", "iron"),
+        ("TPN stopped and she resumed her multivitamin.", "multivitamin"),
     ],
 )
 def test_products_taken_stay(text: str, name: str) -> None:
