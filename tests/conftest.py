@@ -3,6 +3,7 @@ small LLM per test session; torch on one thread and a training slice for the enc
 
 from __future__ import annotations
 
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,10 +23,14 @@ def _with_dbname(uri: str, name: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def pg_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def pg_uri() -> Iterator[str]:
     """The maintenance DSN of a real embedded PostgreSQL 18 + pgvector."""
-    with embedded_postgres(tmp_path_factory.mktemp("pg") / "data") as uri:
-        yield uri
+    # Not under pytest's basetemp: as root the server runs as its own user, and another
+    # pytest session starting on the machine resets that tree to mode 0700, which locks
+    # this server out of its data directory (it aborts mid-run).
+    with tempfile.TemporaryDirectory(prefix="dsfhir-test-pg-") as tmp:
+        with embedded_postgres(Path(tmp) / "data") as uri:
+            yield uri
 
 
 @pytest.fixture
