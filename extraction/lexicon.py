@@ -126,8 +126,9 @@ class Lexicon:
         ]
 
     def mentions_any(self, text: str) -> bool:
-        """Whether ``text`` holds a lexicon hit (the backends' lexicon gate)."""
-        return bool(self.find_mentions(text))
+        """Whether ``text`` holds a lexicon hit (the backends' lexicon gate; it runs on every
+        sentence, so it stops at the first hit)."""
+        return any(_key(m.group(0)) in self._by_surface for m in self._pattern.finditer(text))
 
     def candidates(self, text: str) -> str:
         """The lexicon hits of ``text`` as written, comma-separated (a prompt hint)."""
